@@ -1,0 +1,68 @@
+# pathguard: `make serve` and `make test` set up everything they need, idempotently:
+# the Debian package dataset-fashion-mnist, a virtualenv with exactly torch==2.13.0 (shared by
+# every clone, under ~/.cache/pathguard), and the .libtorch link that cargo uses to find it.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+TORCH_VERSION := 2.13.0
+CACHE_DIR ?= $(HOME)/.cache/pathguard
+VENV := $(CACHE_DIR)/venv-torch-$(TORCH_VERSION)
+VENV_OK := $(VENV)/.installed
+DATA_DIR := /usr/share/datasets/fashion-mnist
+DATA_OK := $(DATA_DIR)/t10k-labels-idx1-ubyte.gz
+BIN := target/release/pathguard
+CARGO ?= cargo
+
+# Training recipe of the shipped model (see README, "The shipped model").
+DEFAULT_MODEL_ARGS := --epochs 12 --recipe joint --seed 0
+
+.PHONY: help setup data torch build test serve eval default-model clean-venv
+
+help:
+	@echo "make serve          set up, build, and start pathguard on models/default"
+	@echo "make test           set up, build, and run every test"
+	@echo "make default-model  retrain models/default from scratch (about 35 min on 2 cores)"
+
+setup: data torch
+
+data: $(DATA_OK)
+$(DATA_OK):
+	@echo "installing Debian package dataset-fashion-mnist"
+	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y dataset-fashion-mnist || \
+	  { $$SUDO apt-get update && $$SUDO apt-get install -y dataset-fashion-mnist; }
+	@test -f $@
+
+torch: $(VENV_OK)
+	@TORCH_DIR=$$($(VENV)/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))' 2>/dev/null) && \
+	  [ -n "$$TORCH_DIR" ] && ln -sfn "$$TORCH_DIR" .libtorch
+
+# The stamp is written only after pip succeeds, so an interrupted install is retried.
+$(VENV_OK):
+	@echo "creating $(VENV) with torch==$(TORCH_VERSION) (about 2 minutes, 4.7 GB)"
+	@rm -rf $(VENV)
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --disable-pip-version-check --quiet torch==$(TORCH_VERSION)
+	@touch $@
+
+build: setup
+	$(CARGO) build --release --workspace
+
+test: build
+	$(CARGO) test --release --workspace
+
+serve: build
+	@echo "note: the gRPC server is not built yet (issue 5); showing the shipped model and evaluating it"
+	$(BIN) info --model models/default
+	$(BIN) eval --model models/default
+
+eval: build
+	$(BIN) eval --model models/default --json
+
+default-model: build
+	$(BIN) train --out models/default $(DEFAULT_MODEL_ARGS)
+	$(BIN) eval --model models/default --json
+
+clean-venv:
+	rm -rf $(VENV) .libtorch

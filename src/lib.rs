@@ -1,0 +1,25 @@
+//! pathguard screens images for adversarial examples by their *calculation paths*.
+//!
+//! Data flows one way: image bytes -> tensor -> decoupled CNN (logits + path) -> path
+//! features -> detector score -> response. Attacks (the `attacks` crate) feed the same model
+//! from the side.
+//!
+//! - [`data`]: IDX(.gz) reader, Fashion-MNIST, PNG and NPY user images. Pixel convention:
+//!   float32 in [0, 1], NCHW (`[N, 1, 28, 28]`).
+//! - [`model`]: the decoupled CNN of Li et al. (ECCV 2020): configuration, the architecture
+//!   controlling module (gates), the network whose forward pass returns logits and path, the
+//!   three decoupling losses, and safetensors checkpoints with a JSON config.
+//! - [`train`]: the training loop (joint or pretrain-then-decouple) and evaluation (accuracy,
+//!   open-gate fractions, conv FLOPs a path needs, distances between class templates).
+//! - [`path`]: per-class path templates and distances.
+//! - [`device`]: `auto | cpu | cuda[:N]`.
+
+pub mod data;
+pub mod device;
+pub mod error;
+pub mod model;
+pub mod path;
+pub mod progress;
+pub mod train;
+
+pub use error::{Error, Result};

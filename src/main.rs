@@ -1,0 +1,239 @@
+//! The `pathguard` command line.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use pathguard::data::{fashion_mnist, Split};
+use pathguard::device::{device_name, parse_device};
+use pathguard::model::{Checkpoint, LossWeights, ModelConfig};
+use pathguard::train::{evaluate, train, EvalReport, Recipe, TrainOptions, TrainingRecord};
+
+#[derive(Parser)]
+#[command(name = "pathguard", version, about = "Screens images for adversarial examples by their calculation paths")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a decoupled CNN on Fashion-MNIST and save it as a checkpoint directory.
+    Train(TrainArgs),
+    /// Evaluate a checkpoint on the Fashion-MNIST test split.
+    Eval(EvalArgs),
+    /// Show a checkpoint's metadata and the devices libtorch can use.
+    Info(InfoArgs),
+}
+
+#[derive(Args)]
+struct DataArgs {
+    /// Directory with the Fashion-MNIST IDX files [default: $PATHGUARD_DATA or /usr/share/datasets/fashion-mnist]
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// auto (GPU if CUDA works), cpu, cuda or cuda:N
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Output checkpoint directory
+    #[arg(long, default_value = "runs/model")]
+    out: PathBuf,
+    #[arg(long, default_value_t = TrainOptions::default().epochs)]
+    epochs: usize,
+    /// Use only the first N training images (quick runs)
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Use only the first N test images for the per-epoch evaluation
+    #[arg(long)]
+    test_limit: Option<usize>,
+    /// joint (gates and weights from scratch) or pretrain (plain CNN first, then decouple)
+    #[arg(long, default_value = "joint")]
+    recipe: Recipe,
+    /// Plain-CNN epochs before decoupling (recipe pretrain)
+    #[arg(long, default_value_t = TrainOptions::default().pretrain_epochs)]
+    pretrain_epochs: usize,
+    #[arg(long, default_value_t = TrainOptions::default().batch_size)]
+    batch_size: usize,
+    /// Peak learning rate (AdamW, one-cycle schedule)
+    #[arg(long, default_value_t = TrainOptions::default().learning_rate)]
+    lr: f64,
+    #[arg(long, default_value_t = TrainOptions::default().weight_decay)]
+    weight_decay: f64,
+    /// lambda_m, weight of the mutual-information heads
+    #[arg(long, default_value_t = TrainOptions::default().loss.mutual_information)]
+    lambda_mi: f64,
+    /// lambda_k, weight of the KL alignment
+    #[arg(long, default_value_t = TrainOptions::default().loss.alignment)]
+    lambda_kl: f64,
+    /// lambda_s, weight of the sparsity term
+    #[arg(long, default_value_t = TrainOptions::default().loss.sparsity)]
+    lambda_sparsity: f64,
+    /// Target open fraction of the sparsity term (0 = plain L1)
+    #[arg(long, default_value_t = TrainOptions::default().loss.target_density)]
+    target_density: f64,
+    /// Disable random horizontal flips
+    #[arg(long)]
+    no_augment: bool,
+    /// Random translation of training images by up to this many pixels (0 = off)
+    #[arg(long, default_value_t = TrainOptions::default().max_shift)]
+    max_shift: i64,
+    #[arg(long, default_value_t = 0)]
+    seed: i64,
+    /// Architecture preset: fashion-mnist or tiny (for tests)
+    #[arg(long, default_value = "fashion-mnist")]
+    preset: String,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Checkpoint directory
+    #[arg(long, default_value = "models/default")]
+    model: PathBuf,
+    /// Use only the first N test images
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long, default_value_t = 500)]
+    batch_size: usize,
+    /// Print the report as JSON on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    /// Checkpoint directory
+    #[arg(long, default_value = "models/default")]
+    model: PathBuf,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Train(args) => run_train(args),
+        Command::Eval(args) => run_eval(args),
+        Command::Info(args) => run_info(args),
+    }
+}
+
+fn load_split(args: &DataArgs, split: Split, limit: Option<usize>) -> Result<fashion_mnist::Dataset> {
+    let dir = args.data.clone().unwrap_or_else(fashion_mnist::default_dir);
+    let data = fashion_mnist::load(&dir, split)?;
+    Ok(match limit {
+        Some(n) => data.take(n),
+        None => data,
+    })
+}
+
+fn run_train(args: TrainArgs) -> Result<()> {
+    let device = parse_device(&args.data.device)?;
+    let config = match args.preset.as_str() {
+        "fashion-mnist" => ModelConfig::fashion_mnist(),
+        "tiny" => ModelConfig::tiny(),
+        other => anyhow::bail!("unknown preset {other:?}; use fashion-mnist or tiny"),
+    };
+    let options = TrainOptions {
+        epochs: args.epochs,
+        recipe: args.recipe,
+        pretrain_epochs: args.pretrain_epochs,
+        batch_size: args.batch_size,
+        learning_rate: args.lr,
+        weight_decay: args.weight_decay,
+        loss: LossWeights {
+            mutual_information: args.lambda_mi,
+            alignment: args.lambda_kl,
+            sparsity: args.lambda_sparsity,
+            target_density: args.target_density,
+        },
+        augment: !args.no_augment,
+        max_shift: args.max_shift,
+        seed: args.seed,
+    };
+    options.validate()?;
+    let train_set = load_split(&args.data, Split::Train, args.limit)?;
+    let test_set = load_split(&args.data, Split::Test, args.test_limit)?;
+    tch::manual_seed(args.seed);
+    let mut checkpoint = Checkpoint::new(&config, &fashion_mnist::CLASS_NAMES, device)?;
+    eprintln!(
+        "training on {} ({} train / {} test images, recipe {:?}, {} epochs)",
+        device_name(device),
+        train_set.len(),
+        test_set.len(),
+        options.recipe,
+        options.epochs
+    );
+    let history = train(&checkpoint.vs, &checkpoint.model, &train_set, &test_set, &options, |m| {
+        let open: Vec<String> = m.test.open_fraction.iter().map(|f| format!("{f:.2}")).collect();
+        println!(
+            "epoch {:>2} [{}] ce {:.4} mi {:.4} kl {:.4} sparsity {:.2} | train acc {:.4} test acc {:.4} | open [{}] mean {:.3} flops {:.3} | {:.0} s, {:.0} img/s",
+            m.epoch, m.phase, m.cross_entropy, m.mutual_information, m.alignment, m.sparsity,
+            m.train_accuracy, m.test.accuracy, open.join(" "), m.test.mean_open_fraction,
+            m.test.mean_flops_fraction, m.seconds, m.train_images_per_second
+        );
+    })?;
+    checkpoint.meta.training = Some(TrainingRecord {
+        options,
+        device: device_name(device),
+        train_examples: train_set.len(),
+        test_examples: test_set.len(),
+        epochs: history,
+    });
+    checkpoint.save(&args.out).with_context(|| format!("saving to {}", args.out.display()))?;
+    eprintln!("saved {} (weights sha256 {})", args.out.display(), checkpoint.model_hash());
+    Ok(())
+}
+
+fn run_eval(args: EvalArgs) -> Result<()> {
+    let device = parse_device(&args.data.device)?;
+    let checkpoint = Checkpoint::load(&args.model, device)?;
+    let test_set = load_split(&args.data, Split::Test, args.limit)?;
+    let report = evaluate(&checkpoint.model, &test_set, device, args.batch_size, !args.json)?;
+    if args.json {
+        let json = serde_json::json!({
+            "model": args.model,
+            "model_hash": checkpoint.model_hash(),
+            "device": device_name(device),
+            "split": "test",
+            "report": report,
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        print_report(&checkpoint, &report);
+    }
+    Ok(())
+}
+
+fn print_report(checkpoint: &Checkpoint, r: &EvalReport) {
+    println!("model {} ({})", checkpoint.model_hash(), checkpoint.meta.architecture.layers.len());
+    println!("test accuracy         {:.4} on {} images", r.accuracy, r.examples);
+    let open: Vec<String> = r.open_fraction.iter().map(|f| format!("{f:.3}")).collect();
+    println!("open gates per layer  [{}]", open.join(", "));
+    println!("mean open fraction    {:.3} (over gated layers; {:.3} of all gates)", r.mean_open_fraction, r.overall_open_fraction);
+    println!("conv FLOPs per path   {:.3} of the ungated network", r.mean_flops_fraction);
+    println!(
+        "class templates       Hamming distance mean {:.1}, min {:.0} of {} bits",
+        r.template_hamming_mean, r.template_hamming_min, r.path_bits
+    );
+    println!("throughput            {:.0} images/s", r.images_per_second);
+}
+
+fn run_info(args: InfoArgs) -> Result<()> {
+    println!("libtorch CUDA available: {} ({} device(s))", tch::Cuda::is_available(), tch::Cuda::device_count());
+    let checkpoint = Checkpoint::load(&args.model, tch::Device::Cpu)?;
+    let meta = &checkpoint.meta;
+    println!("model {}", args.model.display());
+    println!("  weights sha256  {}", meta.weights_sha256);
+    println!("  classes         {}", meta.class_names.join(", "));
+    println!("  input           {:?} {} in {:?}, {}", meta.pixel_convention.shape, meta.pixel_convention.dtype, meta.pixel_convention.range, meta.pixel_convention.layout);
+    println!("  gated layers    {:?} filters", meta.architecture.gate_sizes());
+    if let Some(last) = meta.training.as_ref().and_then(|t| t.epochs.last()) {
+        println!("  trained         {} epochs, last test accuracy {:.4}, mean open fraction {:.3}", last.epoch, last.test.accuracy, last.test.mean_open_fraction);
+    }
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! The decoupled CNN. One forward pass returns the logits and the calculation path.
+
+use tch::{nn, Kind, Tensor};
+
+use super::config::ModelConfig;
+use super::gate::{gates_from_logits, ControlModule, GateMode};
+use crate::error::{Error, Result};
+
+/// One conv layer: conv 3x3 -> BatchNorm -> ReLU -> gate (if any) -> max-pool (if any).
+#[derive(Debug)]
+struct ConvBlock {
+    conv: nn::Conv2D,
+    bn: nn::BatchNorm,
+    control: Option<ControlModule>,
+    pool_after: bool,
+}
+
+/// What one forward pass produces.
+#[derive(Debug)]
+pub struct ForwardOutput {
+    /// Class logits `[N, classes]`.
+    pub logits: Tensor,
+    /// Gates of each gated layer, `[N, C_l]` each: the calculation path.
+    pub gates: Vec<Tensor>,
+    /// Global-average-pooled pre-gate output of each gated layer `[N, C_l]` (alignment loss).
+    pub pooled_outputs: Vec<Tensor>,
+    /// Mutual-information head logits of each gated layer `[N, classes]`.
+    pub mi_logits: Vec<Tensor>,
+}
+
+impl ForwardOutput {
+    /// The path as one `[N, total_gates]` tensor (concatenated gated layers).
+    pub fn path(&self) -> Tensor {
+        Tensor::cat(&self.gates, 1)
+    }
+}
+
+/// The decoupled CNN. Variables live in the `nn::Path` it was built on, named
+/// `blocks.{i}.conv.weight`, `blocks.{i}.bn.*`, `blocks.{i}.acm.{fc1,fc2,mi_head}.*`,
+/// `classifier.{weight,bias}`.
+#[derive(Debug)]
+pub struct DecoupledCnn {
+    config: ModelConfig,
+    blocks: Vec<ConvBlock>,
+    classifier: nn::Linear,
+}
+
+impl DecoupledCnn {
+    pub fn new(p: &nn::Path, config: &ModelConfig) -> Result<Self> {
+        config.validate()?;
+        let blocks_path = p / "blocks";
+        let mut c_in = config.in_channels;
+        let mut blocks = Vec::with_capacity(config.layers.len());
+        for (i, layer) in config.layers.iter().enumerate() {
+            let bp = &blocks_path / i;
+            let conv_config = nn::ConvConfig { padding: 1, bias: false, ..Default::default() };
+            let conv = nn::conv2d(&bp / "conv", c_in, layer.out_channels, 3, conv_config);
+            let bn = nn::batch_norm2d(&bp / "bn", layer.out_channels, Default::default());
+            let control = layer.gated.then(|| {
+                ControlModule::new(
+                    &(&bp / "acm"),
+                    c_in,
+                    layer.out_channels,
+                    config.acm_reduction,
+                    config.num_classes,
+                )
+            });
+            blocks.push(ConvBlock { conv, bn, control, pool_after: layer.pool_after });
+            c_in = layer.out_channels;
+        }
+        let classifier = nn::linear(p / "classifier", c_in, config.num_classes, Default::default());
+        Ok(DecoupledCnn { config: config.clone(), blocks, classifier })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Checks that `x` is a float batch `[N, C, H, W]` this model accepts, before tch sees it.
+    pub fn check_input(&self, x: &Tensor) -> Result<()> {
+        let c = &self.config;
+        let expected = [c.in_channels, c.image_size, c.image_size];
+        let size = x.size();
+        if size.len() != 4 || size[1..] != expected || size[0] < 1 {
+            return Err(Error::InvalidInput(format!(
+                "input shape {size:?}; the model expects [N >= 1, {}, {}, {}]",
+                expected[0], expected[1], expected[2]
+            )));
+        }
+        if x.kind() != Kind::Float {
+            return Err(Error::InvalidInput(format!("input dtype {:?}; expected float32", x.kind())));
+        }
+        Ok(())
+    }
+
+    /// Forward pass returning logits and the path. `x` is `[N, C, H, W]` float32 in [0, 1].
+    pub fn forward_with_path(&self, x: &Tensor, mode: GateMode) -> ForwardOutput {
+        let train = mode.is_training();
+        let mut h = x.shallow_clone();
+        let mut gates = Vec::new();
+        let mut pooled_outputs = Vec::new();
+        let mut mi_logits = Vec::new();
+        for block in &self.blocks {
+            let out = h.apply(&block.conv).apply_t(&block.bn, train).relu();
+            h = match &block.control {
+                Some(control) => {
+                    let z = gates_from_logits(&control.gate_logits(&h), mode);
+                    pooled_outputs.push(out.mean_dim([2i64, 3].as_slice(), false, Kind::Float));
+                    mi_logits.push(control.mi_logits(&z));
+                    let (n, c) = (z.size()[0], z.size()[1]);
+                    let gated = out * z.view([n, c, 1, 1]);
+                    gates.push(z);
+                    gated
+                }
+                None => out,
+            };
+            if block.pool_after {
+                h = h.max_pool2d_default(2);
+            }
+        }
+        let features = h.mean_dim([2i64, 3].as_slice(), false, Kind::Float);
+        let logits = features.apply(&self.classifier);
+        ForwardOutput { logits, gates, pooled_outputs, mi_logits }
+    }
+
+    /// Eval-mode forward without gradients: `(logits, path)` with path `[N, total_gates]`.
+    pub fn predict(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        self.check_input(x)?;
+        let out = tch::no_grad(|| self.forward_with_path(x, GateMode::Eval));
+        let path = out.path();
+        Ok((out.logits, path))
+    }
+}
+
+impl nn::ModuleT for DecoupledCnn {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let mode = if train { GateMode::Train } else { GateMode::Eval };
+        self.forward_with_path(xs, mode).logits
+    }
+}

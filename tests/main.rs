@@ -1,0 +1,20 @@
+//! The one integration-test binary (libtorch is linked once, not once per test file).
+
+mod checkpoint;
+mod cli;
+mod data;
+mod images;
+mod linking;
+mod shipped_model;
+
+use std::path::PathBuf;
+
+/// The repository root (tests run from the package root, but be explicit).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The shipped default model.
+pub fn default_model_dir() -> PathBuf {
+    repo_root().join("models/default")
+}
