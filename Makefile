@@ -15,7 +15,7 @@ BIN := target/release/pathguard
 CARGO ?= cargo
 
 # Training recipe of the shipped model (see README, "The shipped model").
-DEFAULT_MODEL_ARGS := --epochs 12 --recipe joint --seed 0
+DEFAULT_MODEL_ARGS := --epochs 15 --recipe joint --lambda-sparsity 2e-3 --target-density 0.5 --seed 0
 
 .PHONY: help setup data torch build test serve eval default-model clean-venv
 

@@ -87,6 +87,9 @@ struct TrainArgs {
     /// Architecture preset: fashion-mnist or tiny (for tests)
     #[arg(long, default_value = "fashion-mnist")]
     preset: String,
+    /// Override the preset's filter counts, one per conv layer (e.g. 32,32,64,64,128,128)
+    #[arg(long, value_delimiter = ',')]
+    widths: Option<Vec<i64>>,
 }
 
 #[derive(Args)]
@@ -133,11 +136,14 @@ fn load_split(args: &DataArgs, split: Split, limit: Option<usize>) -> Result<fas
 
 fn run_train(args: TrainArgs) -> Result<()> {
     let device = parse_device(&args.data.device)?;
-    let config = match args.preset.as_str() {
+    let mut config = match args.preset.as_str() {
         "fashion-mnist" => ModelConfig::fashion_mnist(),
         "tiny" => ModelConfig::tiny(),
         other => anyhow::bail!("unknown preset {other:?}; use fashion-mnist or tiny"),
     };
+    if let Some(widths) = &args.widths {
+        config = config.with_widths(widths)?;
+    }
     let options = TrainOptions {
         epochs: args.epochs,
         recipe: args.recipe,

@@ -58,7 +58,7 @@ pub struct TrainOptions {
 impl Default for TrainOptions {
     fn default() -> Self {
         TrainOptions {
-            epochs: 12,
+            epochs: 15,
             recipe: Recipe::Joint,
             pretrain_epochs: 3,
             batch_size: 128,
@@ -67,8 +67,8 @@ impl Default for TrainOptions {
             loss: LossWeights {
                 mutual_information: 0.04,
                 alignment: 1.0,
-                sparsity: 4e-3,
-                target_density: 0.4,
+                sparsity: 2e-3,
+                target_density: 0.5,
             },
             augment: true,
             max_shift: 0,

@@ -26,8 +26,10 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    /// The shipped Fashion-MNIST network: six conv layers 32-32-64-64-128-128, the first
+    /// The shipped Fashion-MNIST network: six conv layers 48-48-96-96-192-192, the first
     /// ungated, max-pools after the 2nd and 4th, global average pool, linear classifier.
+    /// (1.5x the widths of the 32-...-128 prototype: with about half the gates closed, the
+    /// narrower net lacked the capacity for 93%.)
     pub fn fashion_mnist() -> Self {
         let layer = |out_channels, gated, pool_after| ConvLayer { out_channels, gated, pool_after };
         ModelConfig {
@@ -35,12 +37,12 @@ impl ModelConfig {
             image_size: 28,
             num_classes: 10,
             layers: vec![
-                layer(32, false, false),
-                layer(32, true, true),
-                layer(64, true, false),
-                layer(64, true, true),
-                layer(128, true, false),
-                layer(128, true, false),
+                layer(48, false, false),
+                layer(48, true, true),
+                layer(96, true, false),
+                layer(96, true, true),
+                layer(192, true, false),
+                layer(192, true, false),
             ],
             acm_reduction: 4,
         }
@@ -48,11 +50,23 @@ impl ModelConfig {
 
     /// A small network of the same shape for fast tests.
     pub fn tiny() -> Self {
-        let mut config = Self::fashion_mnist();
-        for (layer, c) in config.layers.iter_mut().zip([8, 8, 8, 8, 16, 16]) {
-            layer.out_channels = c;
+        Self::fashion_mnist().with_widths(&[8, 8, 8, 8, 16, 16]).expect("valid widths")
+    }
+
+    /// The same layout with other filter counts, one per conv layer.
+    pub fn with_widths(mut self, widths: &[i64]) -> Result<Self> {
+        if widths.len() != self.layers.len() {
+            return Err(Error::Config(format!(
+                "{} widths given for {} conv layers",
+                widths.len(),
+                self.layers.len()
+            )));
         }
-        config
+        for (layer, &w) in self.layers.iter_mut().zip(widths) {
+            layer.out_channels = w;
+        }
+        self.validate()?;
+        Ok(self)
     }
 
     /// Checks every rule; one message per broken rule.
@@ -186,9 +200,9 @@ mod tests {
     fn macs_follow_the_pools() {
         let c = ModelConfig::fashion_mnist();
         let macs = c.conv_macs();
-        assert_eq!(macs[0], 28.0 * 28.0 * 1.0 * 32.0 * 9.0);
-        assert_eq!(macs[2], 14.0 * 14.0 * 32.0 * 64.0 * 9.0);
-        assert_eq!(macs[5], 7.0 * 7.0 * 128.0 * 128.0 * 9.0);
+        assert_eq!(macs[0], 28.0 * 28.0 * 1.0 * 48.0 * 9.0);
+        assert_eq!(macs[2], 14.0 * 14.0 * 48.0 * 96.0 * 9.0);
+        assert_eq!(macs[5], 7.0 * 7.0 * 192.0 * 192.0 * 9.0);
     }
 
     #[test]
