@@ -12,13 +12,17 @@
 //! - [`train`]: the training loop (joint or pretrain-then-decouple) and evaluation (accuracy,
 //!   open-gate fractions, conv FLOPs a path needs, distances between class templates).
 //! - [`path`]: per-class path templates and distances.
+//! - [`attack_set`]: attacks from the `attacks` crate run against the model over a data
+//!   slice, written as NPY files, a JSON manifest and a PNG contact sheet ([`preview`]).
 //! - [`device`]: `auto | cpu | cuda[:N]`.
 
+pub mod attack_set;
 pub mod data;
 pub mod device;
 pub mod error;
 pub mod model;
 pub mod path;
+pub mod preview;
 pub mod progress;
 pub mod train;
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use pathguard::data::{fashion_mnist, Split};
+use pathguard::attack_set::{run_attack, write_attack_set, AttackParams, GateGradient, Manifest, ATTACK_SET_FILES};
 use pathguard::device::{device_name, parse_device};
 use pathguard::model::{Checkpoint, LossWeights, ModelConfig};
 use pathguard::train::{evaluate, train, EvalReport, Recipe, TrainOptions, TrainingRecord};
@@ -24,6 +25,76 @@ enum Command {
     Eval(EvalArgs),
     /// Show a checkpoint's metadata and the devices libtorch can use.
     Info(InfoArgs),
+    /// Generate an attack set: adversarial images of a Fashion-MNIST slice, as NPY files,
+    /// manifest.json and a preview.png contact sheet.
+    Attack(AttackArgs),
+}
+
+#[derive(Args)]
+struct AttackArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Checkpoint directory
+    #[arg(long, default_value = "models/default")]
+    model: PathBuf,
+    /// fgsm, bim, pgd, pgd-l2, mifgsm, cw or deepfool
+    #[arg(long)]
+    method: String,
+    /// Perturbation budget (L-infinity; L2 for pgd-l2; unused by cw and deepfool)
+    #[arg(long, default_value_t = 0.1)]
+    eps: f64,
+    /// Iterations [default: fgsm 1, bim/mifgsm 10, pgd 40, cw 100, deepfool 50]
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Step size [default: 2.5 eps/steps for pgd, eps/steps for bim and mifgsm]
+    #[arg(long)]
+    step_size: Option<f64>,
+    /// Start from a random point in the ball (pgd, pgd-l2, bim, mifgsm)
+    #[arg(long)]
+    random_start: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: i64,
+    /// Targeted attack towards this class (not deepfool)
+    #[arg(long)]
+    target_class: Option<i64>,
+    /// MI-FGSM momentum decay [default: 1.0]
+    #[arg(long)]
+    decay: Option<f64>,
+    /// C&W confidence kappa [default: 0]
+    #[arg(long)]
+    confidence: Option<f64>,
+    /// C&W initial constant c [default: 1]
+    #[arg(long)]
+    initial_const: Option<f64>,
+    /// C&W Adam learning rate [default: 0.01]
+    #[arg(long)]
+    cw_lr: Option<f64>,
+    /// C&W binary-search steps on c [default: 3]
+    #[arg(long)]
+    search_steps: Option<usize>,
+    /// DeepFool overshoot [default: 0.02]
+    #[arg(long)]
+    overshoot: Option<f64>,
+    /// train or test
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// First image of the split to attack
+    #[arg(long, default_value_t = 0)]
+    offset: usize,
+    /// Number of images to attack
+    #[arg(long, default_value_t = 1000)]
+    limit: usize,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Gradient through the hard gates: surrogate (sigmoid, straight-through) or hard (zero)
+    #[arg(long, default_value = "surrogate")]
+    gates: GateGradient,
+    /// Also run the attack with the other gate gradient and record its success rate
+    #[arg(long)]
+    compare_gates: bool,
+    /// Output directory (replaced atomically)
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -122,6 +193,7 @@ fn main() -> Result<()> {
         Command::Train(args) => run_train(args),
         Command::Eval(args) => run_eval(args),
         Command::Info(args) => run_info(args),
+        Command::Attack(args) => run_attack_command(args),
     }
 }
 
@@ -241,5 +313,78 @@ fn run_info(args: InfoArgs) -> Result<()> {
     if let Some(last) = meta.training.as_ref().and_then(|t| t.epochs.last()) {
         println!("  trained         {} epochs, last test accuracy {:.4}, mean open fraction {:.3}", last.epoch, last.test.accuracy, last.test.mean_open_fraction);
     }
+    Ok(())
+}
+
+fn run_attack_command(args: AttackArgs) -> Result<()> {
+    let device = parse_device(&args.data.device)?;
+    let split = match args.split.as_str() {
+        "train" => Split::Train,
+        "test" => Split::Test,
+        other => anyhow::bail!("unknown split {other:?}; use train or test"),
+    };
+    let params = AttackParams {
+        steps: args.steps,
+        step_size: args.step_size,
+        random_start: args.random_start,
+        seed: args.seed,
+        target_class: args.target_class,
+        decay: args.decay,
+        confidence: args.confidence,
+        initial_const: args.initial_const,
+        learning_rate: args.cw_lr,
+        search_steps: args.search_steps,
+        overshoot: args.overshoot,
+        ..AttackParams::new(&args.method, args.eps)
+    };
+    params.build()?; // validate before loading anything
+    let checkpoint = Checkpoint::load(&args.model, device)?;
+    let full = load_split(&args.data, split, None)?;
+    if args.limit == 0 || args.offset >= full.len() {
+        anyhow::bail!("--offset {} --limit {} selects no images of the {} split ({} images)", args.offset, args.limit, args.split, full.len());
+    }
+    let len = args.limit.min(full.len() - args.offset) as i64;
+    let data = fashion_mnist::Dataset {
+        images: full.images.narrow(0, args.offset as i64, len),
+        labels: full.labels.narrow(0, args.offset as i64, len),
+    };
+    let indices = tch::Tensor::arange_start(args.offset as i64, args.offset as i64 + len, (tch::Kind::Int64, tch::Device::Cpu));
+    let outcome = run_attack(&checkpoint.model, device, &data, &indices, &params, args.gates, args.batch_size, true)?;
+    let other_gate_gradient = if args.compare_gates {
+        let other = match args.gates {
+            GateGradient::Hard => GateGradient::Surrogate,
+            GateGradient::Surrogate => GateGradient::Hard,
+        };
+        let o = run_attack(&checkpoint.model, device, &data, &indices, &params, other, args.batch_size, true)?;
+        Some((other, o.stats))
+    } else {
+        None
+    };
+    let s = &outcome.stats;
+    let manifest = Manifest {
+        format: "pathguard-attack-set-v1".into(),
+        pathguard_version: env!("CARGO_PKG_VERSION").into(),
+        method: params.method.clone(),
+        parameters: params.resolved(),
+        gate_gradient: args.gates,
+        other_gate_gradient: other_gate_gradient.clone(),
+        model_dir: args.model.clone(),
+        model_hash: checkpoint.model_hash().into(),
+        split: args.split.clone(),
+        offset: args.offset,
+        stats: s.clone(),
+        class_names: checkpoint.meta.class_names.clone(),
+        pixel_convention: "float32 in [0, 1], NCHW [N, 1, 28, 28]".into(),
+        files: ATTACK_SET_FILES.iter().map(|f| f.to_string()).collect(),
+    };
+    write_attack_set(&args.out, &outcome, &manifest, &checkpoint.meta.class_names)?;
+    println!(
+        "{} on {} images: clean accuracy {:.4}, adversarial accuracy {:.4}, success {:.4} ({:.4} of correctly classified), Linf mean {:.4} max {:.4}, L2 mean {:.4}, {:.1} images/s",
+        params.method, s.images, s.clean_accuracy, s.adversarial_accuracy, s.success_rate, s.success_rate_on_correct, s.mean_linf, s.max_linf, s.mean_l2, s.images_per_second
+    );
+    if let Some((mode, o)) = &other_gate_gradient {
+        println!("with {mode:?} gate gradients: success {:.4} ({:.4} of correctly classified)", o.success_rate, o.success_rate_on_correct);
+    }
+    println!("wrote {}", args.out.display());
     Ok(())
 }

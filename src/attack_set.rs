@@ -1,0 +1,380 @@
+//! Attack sets: run an attack from the `attacks` crate against the decoupled CNN over a slice
+//! of Fashion-MNIST, and write the result in formats the Python world reads.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use attacks::{
+    l2_norms, linf_norms, Attack, CarliniWagnerL2, DeepFool, DifferentiableClassifier, Fgsm, Goal, Iterative,
+    IterativeKind,
+};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::model::{DecoupledCnn, GateMode};
+use crate::progress;
+
+/// The decoupled CNN seen by an attack: eval mode, with hard gates (whose gradient is zero)
+/// or with the straight-through sigmoid surrogate for the gates.
+pub struct ModelClassifier<'a> {
+    pub model: &'a DecoupledCnn,
+    pub gates: GateGradient,
+}
+
+/// How gradients treat the hard 0/1 gates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GateGradient {
+    /// Hard gates, zero gradient through them (gradients still flow through open filters).
+    Hard,
+    /// Hard gates forward, backward as if each gate were sigmoid(logit) (BPDA-style).
+    Surrogate,
+}
+
+impl std::str::FromStr for GateGradient {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "hard" => Ok(GateGradient::Hard),
+            "surrogate" => Ok(GateGradient::Surrogate),
+            _ => Err(Error::Config(format!("unknown gate gradient {s:?}; use hard or surrogate"))),
+        }
+    }
+}
+
+impl DifferentiableClassifier for ModelClassifier<'_> {
+    fn logits(&self, images: &Tensor) -> Tensor {
+        let mode = match self.gates {
+            GateGradient::Hard => GateMode::Eval,
+            GateGradient::Surrogate => GateMode::EvalSurrogate,
+        };
+        self.model.forward_with_path(images, mode).logits
+    }
+
+    fn num_classes(&self) -> i64 {
+        self.model.config().num_classes
+    }
+}
+
+/// Attack method names accepted on the command line and in manifests.
+pub const METHODS: [&str; 7] = ["fgsm", "bim", "pgd", "pgd-l2", "mifgsm", "cw", "deepfool"];
+
+/// An attack and all its parameters; unset ones take the method's default.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AttackParams {
+    pub method: String,
+    /// Budget: L-infinity radius (fgsm, bim, pgd, mifgsm) or L2 radius (pgd-l2). Unused by
+    /// cw and deepfool, which minimise the L2 norm.
+    pub eps: f64,
+    pub steps: Option<usize>,
+    pub step_size: Option<f64>,
+    pub random_start: bool,
+    pub seed: i64,
+    pub target_class: Option<i64>,
+    /// MI-FGSM momentum decay (default 1.0).
+    pub decay: Option<f64>,
+    /// C&W confidence kappa (default 0), initial constant c (default 1), Adam learning rate
+    /// (default 0.01), binary-search steps on c (default 3).
+    pub confidence: Option<f64>,
+    pub initial_const: Option<f64>,
+    pub learning_rate: Option<f64>,
+    pub search_steps: Option<usize>,
+    /// DeepFool overshoot (default 0.02).
+    pub overshoot: Option<f64>,
+}
+
+impl AttackParams {
+    /// Parameters with the method's defaults for everything but `method` and `eps`.
+    pub fn new(method: &str, eps: f64) -> Self {
+        AttackParams {
+            method: method.into(),
+            eps,
+            steps: None,
+            step_size: None,
+            random_start: false,
+            seed: 0,
+            target_class: None,
+            decay: None,
+            confidence: None,
+            initial_const: None,
+            learning_rate: None,
+            search_steps: None,
+            overshoot: None,
+        }
+    }
+
+    /// Fills in every default, so that a manifest records what really ran.
+    pub fn resolved(&self) -> Self {
+        let mut p = self.clone();
+        let default_steps = match p.method.as_str() {
+            "fgsm" => 1,
+            "bim" | "mifgsm" => 10,
+            "pgd" | "pgd-l2" => 40,
+            "cw" => 100,
+            "deepfool" => 50,
+            _ => 1,
+        };
+        let steps = *p.steps.get_or_insert(default_steps);
+        if matches!(p.method.as_str(), "bim" | "pgd" | "pgd-l2" | "mifgsm") && p.step_size.is_none() {
+            // Madry et al.: 2.5 * eps / steps lets PGD walk across the ball; BIM and MI-FGSM
+            // use eps / steps, as in their papers.
+            let factor = if p.method.starts_with("pgd") { 2.5 } else { 1.0 };
+            p.step_size = Some((factor * p.eps / steps as f64).max(1e-6));
+        }
+        match p.method.as_str() {
+            "mifgsm" => {
+                p.decay.get_or_insert(1.0);
+            }
+            "cw" => {
+                p.confidence.get_or_insert(0.0);
+                p.initial_const.get_or_insert(1.0);
+                p.learning_rate.get_or_insert(0.01);
+                p.search_steps.get_or_insert(3);
+            }
+            "deepfool" => {
+                p.overshoot.get_or_insert(0.02);
+            }
+            _ => {}
+        }
+        p
+    }
+
+    /// Builds the attack, validating every parameter.
+    pub fn build(&self) -> Result<Box<dyn Attack>> {
+        let p = self.resolved();
+        let steps = p.steps.unwrap_or(1);
+        let step = p.step_size.unwrap_or(0.0);
+        let iterative = |kind| Iterative::new(kind, p.eps, steps, step, p.random_start, p.seed);
+        let attack: std::result::Result<Box<dyn Attack>, attacks::AttackError> = match p.method.as_str() {
+            "fgsm" => Fgsm::new(p.eps).map(|a| Box::new(a) as Box<dyn Attack>),
+            "bim" => iterative(IterativeKind::Bim).map(|a| Box::new(a) as Box<dyn Attack>),
+            "pgd" => iterative(IterativeKind::PgdLinf).map(|a| Box::new(a) as Box<dyn Attack>),
+            "pgd-l2" => iterative(IterativeKind::PgdL2).map(|a| Box::new(a) as Box<dyn Attack>),
+            "mifgsm" => iterative(IterativeKind::MiFgsm { decay: p.decay.unwrap_or(1.0) })
+                .map(|a| Box::new(a) as Box<dyn Attack>),
+            "cw" => CarliniWagnerL2::new(
+                steps,
+                p.search_steps.unwrap_or(3),
+                p.learning_rate.unwrap_or(0.01),
+                p.confidence.unwrap_or(0.0),
+                p.initial_const.unwrap_or(1.0),
+            )
+            .map(|a| Box::new(a) as Box<dyn Attack>),
+            "deepfool" => DeepFool::new(steps, p.overshoot.unwrap_or(0.02)).map(|a| Box::new(a) as Box<dyn Attack>),
+            other => {
+                return Err(Error::Config(format!(
+                    "unknown attack method {other:?}; use one of {}",
+                    METHODS.join(", ")
+                )))
+            }
+        };
+        attack.map_err(|e| Error::Config(format!("{} parameters: {e}", p.method)))
+    }
+}
+
+/// What running an attack over a data slice produced. Tensors are on the CPU.
+pub struct AttackOutcome {
+    pub adversarial: Tensor,
+    pub clean: Tensor,
+    pub labels: Tensor,
+    pub indices: Tensor,
+    pub clean_predictions: Tensor,
+    pub predictions: Tensor,
+    pub stats: AttackStats,
+}
+
+/// Summary figures of an attack run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttackStats {
+    pub images: usize,
+    pub clean_accuracy: f64,
+    pub adversarial_accuracy: f64,
+    /// Untargeted: prediction differs from the true label; targeted: prediction is the target.
+    pub success_rate: f64,
+    /// The same, among the images the model classified correctly before the attack.
+    pub success_rate_on_correct: f64,
+    pub mean_linf: f64,
+    pub max_linf: f64,
+    pub mean_l2: f64,
+    pub max_l2: f64,
+    pub seconds: f64,
+    pub images_per_second: f64,
+}
+
+/// Runs `params` against `model` on `data` in batches. `indices` are the images' positions in
+/// their split (recorded in the output).
+pub fn run_attack(
+    model: &DecoupledCnn,
+    device: Device,
+    data: &Dataset,
+    indices: &Tensor,
+    params: &AttackParams,
+    gates: GateGradient,
+    batch_size: usize,
+    show_progress: bool,
+) -> Result<AttackOutcome> {
+    let attack = params.build()?;
+    let classes = model.config().num_classes;
+    if let Some(t) = params.target_class {
+        if !(0..classes).contains(&t) {
+            return Err(Error::Config(format!("target class {t} is not in 0..{classes}")));
+        }
+    }
+    if data.is_empty() {
+        return Err(Error::Config("no images to attack".into()));
+    }
+    let classifier = ModelClassifier { model, gates };
+    let n = data.len() as i64;
+    let batch = batch_size.max(1) as i64;
+    let bar = progress::bar(n as u64, attack.name());
+    if !show_progress {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let started = Instant::now();
+    let (mut adversarial, mut clean_predictions, mut predictions) = (Vec::new(), Vec::new(), Vec::new());
+    for start in (0..n).step_by(batch as usize) {
+        let len = batch.min(n - start);
+        let x = data.images.narrow(0, start, len).to_device(device);
+        let y = data.labels.narrow(0, start, len).to_device(device);
+        let goal = match params.target_class {
+            Some(t) => Goal::Targeted(y.full_like(t)),
+            None => Goal::Untargeted,
+        };
+        let adv = attack
+            .perturb(&classifier, &x, &y, &goal)
+            .map_err(|e| Error::Config(format!("{}: {e}", attack.name())))?;
+        let (clean_logits, _) = model.predict(&x)?;
+        let (adv_logits, _) = model.predict(&adv)?;
+        clean_predictions.push(clean_logits.argmax(1, false).to_device(Device::Cpu));
+        predictions.push(adv_logits.argmax(1, false).to_device(Device::Cpu));
+        adversarial.push(adv.to_device(Device::Cpu));
+        bar.inc(len as u64);
+    }
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let adversarial = Tensor::cat(&adversarial, 0);
+    let clean_predictions = Tensor::cat(&clean_predictions, 0);
+    let predictions = Tensor::cat(&predictions, 0);
+    let labels = data.labels.shallow_clone();
+    let success = match params.target_class {
+        Some(t) => predictions.eq(t),
+        None => predictions.ne_tensor(&labels),
+    };
+    let correct = clean_predictions.eq_tensor(&labels);
+    let mean = |t: &Tensor| t.to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
+    let correct_count = correct.sum(Kind::Int64).int64_value(&[]);
+    let success_on_correct = if correct_count == 0 {
+        0.0
+    } else {
+        success.logical_and(&correct).sum(Kind::Int64).int64_value(&[]) as f64 / correct_count as f64
+    };
+    let delta = &adversarial - &data.images;
+    let (linf, l2) = (linf_norms(&delta), l2_norms(&delta));
+    let stats = AttackStats {
+        images: n as usize,
+        clean_accuracy: mean(&correct),
+        adversarial_accuracy: mean(&predictions.eq_tensor(&labels)),
+        success_rate: mean(&success),
+        success_rate_on_correct: success_on_correct,
+        mean_linf: mean(&linf),
+        max_linf: linf.max().double_value(&[]),
+        mean_l2: mean(&l2),
+        max_l2: l2.max().double_value(&[]),
+        seconds,
+        images_per_second: n as f64 / seconds,
+    };
+    Ok(AttackOutcome {
+        adversarial,
+        clean: data.images.shallow_clone(),
+        labels,
+        indices: indices.shallow_clone(),
+        clean_predictions,
+        predictions,
+        stats,
+    })
+}
+
+/// `manifest.json` of an attack set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub pathguard_version: String,
+    pub method: String,
+    pub parameters: AttackParams,
+    pub gate_gradient: GateGradient,
+    /// Success rate with the other gate gradient, when it was measured (`--compare-gates`).
+    pub other_gate_gradient: Option<(GateGradient, AttackStats)>,
+    pub model_dir: PathBuf,
+    pub model_hash: String,
+    pub split: String,
+    pub offset: usize,
+    pub stats: AttackStats,
+    pub class_names: Vec<String>,
+    pub pixel_convention: String,
+    pub files: Vec<String>,
+}
+
+/// Writes an attack set directory atomically: everything goes into a temporary sibling
+/// directory, which then replaces `out` (an existing `out` is moved aside first and removed
+/// only after the new one is in place).
+pub fn write_attack_set(out: &Path, outcome: &AttackOutcome, manifest: &Manifest, class_names: &[String]) -> Result<()> {
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "attack".into());
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let result = (|| -> Result<()> {
+        write_npy_f32(&tmp.join("images.npy"), &outcome.adversarial)?;
+        write_npy_f32(&tmp.join("clean.npy"), &outcome.clean)?;
+        write_npy_i64(&tmp.join("labels.npy"), &outcome.labels)?;
+        write_npy_i64(&tmp.join("indices.npy"), &outcome.indices)?;
+        write_npy_i64(&tmp.join("predictions.npy"), &outcome.predictions)?;
+        crate::preview::contact_sheet(&tmp.join("preview.png"), outcome, class_names, 8)?;
+        let json = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
+        crate::model::checkpoint::write_atomic(&tmp.join("manifest.json"), &json)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    let had_old = out.exists();
+    if had_old {
+        std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
+    }
+    if let Err(e) = std::fs::rename(&tmp, out) {
+        if had_old {
+            let _ = std::fs::rename(&old, out);
+        }
+        return Err(Error::io(out, e));
+    }
+    if had_old {
+        let _ = std::fs::remove_dir_all(&old);
+    }
+    Ok(())
+}
+
+/// Files of an attack set, in the order they are written.
+pub const ATTACK_SET_FILES: [&str; 7] =
+    ["images.npy", "clean.npy", "labels.npy", "indices.npy", "predictions.npy", "preview.png", "manifest.json"];
+
+fn write_npy_f32(path: &Path, t: &Tensor) -> Result<()> {
+    let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+    let values = Vec::<f32>::try_from(t.to_kind(Kind::Float).flatten(0, -1))?;
+    let array = ndarray::ArrayD::from_shape_vec(shape, values).expect("shape matches");
+    ndarray_npy::write_npy(path, &array).map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))
+}
+
+fn write_npy_i64(path: &Path, t: &Tensor) -> Result<()> {
+    let values = Vec::<i64>::try_from(t.to_kind(Kind::Int64).flatten(0, -1))?;
+    let array = ndarray::Array1::from_vec(values);
+    ndarray_npy::write_npy(path, &array).map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))
+}
+
+/// Reads `images.npy` (or any float32 NPY) of an attack set as `[N, 1, 28, 28]`.
+pub fn read_attack_images(dir: &Path) -> Result<Tensor> {
+    crate::data::image::read_npy(&dir.join("images.npy"))
+}

@@ -1,0 +1,88 @@
+//! Contact sheets of attack sets: clean | adversarial | amplified perturbation, with labels.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+use tch::{Kind, Tensor};
+
+use crate::attack_set::AttackOutcome;
+use crate::error::{Error, Result};
+
+/// Debian's fonts-dejavu-core (installed by `make`); without it the sheet has no captions.
+const FONT_PATH: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+fn fonts_available() -> bool {
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    *REGISTERED.get_or_init(|| match std::fs::read(FONT_PATH) {
+        Ok(bytes) => {
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
+        }
+        Err(_) => false,
+    })
+}
+
+const SCALE: u32 = 3;
+const CELL: u32 = 28 * SCALE;
+const GAP: u32 = 10;
+const CAPTION: u32 = 18;
+const ROW_TITLE: u32 = 110;
+
+/// Writes a PNG with the first `max_images` images of `outcome` as columns and three rows:
+/// the clean image with its true label, the adversarial image with the model's prediction,
+/// and the perturbation amplified to the full grey range (mid-grey = unchanged).
+pub fn contact_sheet(path: &Path, outcome: &AttackOutcome, class_names: &[String], max_images: usize) -> Result<()> {
+    let n = (outcome.clean.size()[0] as usize).min(max_images).max(1);
+    let width = ROW_TITLE + n as u32 * (CELL + GAP) + GAP;
+    let height = 3 * (CELL + CAPTION + GAP) + GAP;
+    let draw_error = |e: String| Error::io(path, std::io::Error::other(e));
+    let root = BitMapBackend::new(path, (width, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| draw_error(e.to_string()))?;
+    let with_text = fonts_available();
+    let font = ("sans-serif", 13).into_font().color(&BLACK);
+    let name = |i: i64| class_names.get(i as usize).cloned().unwrap_or_else(|| i.to_string());
+    let delta = &outcome.adversarial - &outcome.clean;
+    let rows: [(&str, Tensor); 3] = [
+        ("clean", outcome.clean.shallow_clone()),
+        ("adversarial", outcome.adversarial.shallow_clone()),
+        ("perturbation", amplify(&delta)),
+    ];
+    for (r, (title, images)) in rows.iter().enumerate() {
+        let top = GAP + r as u32 * (CELL + CAPTION + GAP);
+        if with_text {
+            root.draw_text(title, &font, (8, (top + CELL / 2) as i32)).map_err(|e| draw_error(e.to_string()))?;
+        }
+        for i in 0..n {
+            let left = ROW_TITLE + i as u32 * (CELL + GAP);
+            let pixels = Vec::<f32>::try_from(images.get(i as i64).to_kind(Kind::Float).flatten(0, -1))?;
+            for (p, v) in pixels.iter().enumerate() {
+                let grey = (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+                let (px, py) = ((p % 28) as u32 * SCALE, (p / 28) as u32 * SCALE);
+                root.draw(&Rectangle::new(
+                    [((left + px) as i32, (top + py) as i32), ((left + px + SCALE) as i32, (top + py + SCALE) as i32)],
+                    RGBColor(grey, grey, grey).filled(),
+                ))
+                .map_err(|e| draw_error(e.to_string()))?;
+            }
+            if with_text {
+                let caption = match r {
+                    0 => name(outcome.labels.int64_value(&[i as i64])),
+                    1 => format!("-> {}", name(outcome.predictions.int64_value(&[i as i64]))),
+                    _ => format!("Linf {:.3}", delta.get(i as i64).abs().max().double_value(&[])),
+                };
+                root.draw_text(&caption, &font, (left as i32, (top + CELL + 2) as i32))
+                    .map_err(|e| draw_error(e.to_string()))?;
+            }
+        }
+    }
+    root.present().map_err(|e| draw_error(e.to_string()))
+}
+
+/// Maps each perturbation to [0, 1] around 0.5, scaled by its own largest magnitude.
+fn amplify(delta: &Tensor) -> Tensor {
+    let n = delta.size()[0];
+    let scale = delta.flatten(1, -1).abs().amax([1i64].as_slice(), false).clamp_min(1e-12).view([n, 1, 1, 1]);
+    (delta / scale * 0.5 + 0.5).clamp(0.0, 1.0)
+}
