@@ -9,6 +9,8 @@ TORCH_VERSION := 2.13.0
 CACHE_DIR ?= $(HOME)/.cache/pathguard
 VENV := $(CACHE_DIR)/venv-torch-$(TORCH_VERSION)
 VENV_OK := $(VENV)/.installed
+NUMPY_OK := $(VENV)/.numpy-installed
+FONT := /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
 DATA_DIR := /usr/share/datasets/fashion-mnist
 DATA_OK := $(DATA_DIR)/t10k-labels-idx1-ubyte.gz
 BIN := target/release/pathguard
@@ -17,14 +19,27 @@ CARGO ?= cargo
 # Training recipe of the shipped model (see README, "The shipped model").
 DEFAULT_MODEL_ARGS := --epochs 15 --recipe joint --lambda-sparsity 2e-3 --target-density 0.5 --seed 0
 
-.PHONY: help setup data torch build test serve eval default-model clean-venv
+.PHONY: help setup data torch fonts build test serve eval default-model clean-venv
 
 help:
 	@echo "make serve          set up, build, and start pathguard on models/default"
 	@echo "make test           set up, build, and run every test"
 	@echo "make default-model  retrain models/default from scratch (about 35 min on 2 cores)"
 
-setup: data torch
+setup: data torch fonts $(NUMPY_OK)
+
+# Captions of the PNG reports (plotters draws text with this font).
+fonts: $(FONT)
+$(FONT):
+	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y fonts-dejavu-core || \
+	  { $$SUDO apt-get update && $$SUDO apt-get install -y fonts-dejavu-core; }
+
+# numpy, for the tests that check our NPY files load in Python as they are (it does not
+# touch torch's version).
+$(NUMPY_OK): $(VENV_OK)
+	$(VENV)/bin/pip install --disable-pip-version-check --quiet numpy
+	@touch $@
 
 data: $(DATA_OK)
 $(DATA_OK):
@@ -50,7 +65,7 @@ build: setup
 	$(CARGO) build --release --workspace
 
 test: build
-	$(CARGO) test --release --workspace
+	PATHGUARD_PYTHON=$(VENV)/bin/python $(CARGO) test --release --workspace
 
 serve: build
 	@echo "note: the gRPC server is not built yet (issue 5); showing the shipped model and evaluating it"

@@ -20,6 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a decoupled CNN on Fashion-MNIST and save it as a checkpoint directory.
+    #[command(allow_negative_numbers = true)]
     Train(TrainArgs),
     /// Evaluate a checkpoint on the Fashion-MNIST test split.
     Eval(EvalArgs),
@@ -27,6 +28,7 @@ enum Command {
     Info(InfoArgs),
     /// Generate an attack set: adversarial images of a Fashion-MNIST slice, as NPY files,
     /// manifest.json and a preview.png contact sheet.
+    #[command(allow_negative_numbers = true)]
     Attack(AttackArgs),
 }
 
@@ -161,6 +163,9 @@ struct TrainArgs {
     /// Override the preset's filter counts, one per conv layer (e.g. 32,32,64,64,128,128)
     #[arg(long, value_delimiter = ',')]
     widths: Option<Vec<i64>>,
+    /// Start from this checkpoint's weights (and architecture) instead of a fresh network
+    #[arg(long, conflicts_with_all = ["preset", "widths"])]
+    init: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -187,13 +192,21 @@ struct InfoArgs {
     model: PathBuf,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Train(args) => run_train(args),
         Command::Eval(args) => run_eval(args),
         Command::Info(args) => run_info(args),
         Command::Attack(args) => run_attack_command(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the whole context chain on one line, without a backtrace.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 
@@ -237,7 +250,15 @@ fn run_train(args: TrainArgs) -> Result<()> {
     let train_set = load_split(&args.data, Split::Train, args.limit)?;
     let test_set = load_split(&args.data, Split::Test, args.test_limit)?;
     tch::manual_seed(args.seed);
-    let mut checkpoint = Checkpoint::new(&config, &fashion_mnist::CLASS_NAMES, device)?;
+    let (mut checkpoint, initialized_from) = match &args.init {
+        Some(dir) => {
+            let mut loaded = Checkpoint::load(dir, device)?;
+            let hash = loaded.model_hash().to_string();
+            loaded.meta.training = None;
+            (loaded, Some(hash))
+        }
+        None => (Checkpoint::new(&config, &fashion_mnist::CLASS_NAMES, device)?, None),
+    };
     eprintln!(
         "training on {} ({} train / {} test images, recipe {:?}, {} epochs)",
         device_name(device),
@@ -260,6 +281,7 @@ fn run_train(args: TrainArgs) -> Result<()> {
         device: device_name(device),
         train_examples: train_set.len(),
         test_examples: test_set.len(),
+        initialized_from,
         epochs: history,
     });
     checkpoint.save(&args.out).with_context(|| format!("saving to {}", args.out.display()))?;

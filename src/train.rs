@@ -140,6 +140,9 @@ pub struct TrainingRecord {
     pub device: String,
     pub train_examples: usize,
     pub test_examples: usize,
+    /// Weights hash of the checkpoint training started from (`--init`), if any.
+    #[serde(default)]
+    pub initialized_from: Option<String>,
     pub epochs: Vec<EpochMetrics>,
 }
 
