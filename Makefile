@@ -19,7 +19,7 @@ CARGO ?= cargo
 # Training recipe of the shipped model (see README, "The shipped model").
 DEFAULT_MODEL_ARGS := --epochs 15 --recipe joint --lambda-sparsity 2e-3 --target-density 0.5 --seed 0
 
-.PHONY: help setup data torch fonts build test serve eval default-model clean-venv
+.PHONY: help setup data torch fonts build bench test serve eval default-model clean-venv
 
 help:
 	@echo "make serve          set up, build, and start pathguard on models/default"
@@ -71,6 +71,9 @@ serve: build
 	@echo "note: the gRPC server is not built yet (issue 5); showing the shipped model and evaluating it"
 	$(BIN) info --model models/default
 	$(BIN) eval --model models/default
+
+bench: build
+	$(CARGO) bench --bench throughput
 
 eval: build
 	$(BIN) eval --model models/default --json
