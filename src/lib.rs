@@ -18,6 +18,8 @@
 
 pub mod attack_set;
 pub mod data;
+pub mod detector;
+pub mod detector_fit;
 pub mod device;
 pub mod error;
 pub mod model;

@@ -6,9 +6,11 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use pathguard::data::{fashion_mnist, Split};
 use pathguard::attack_set::{run_attack, write_attack_set, AttackParams, GateGradient, Manifest, ATTACK_SET_FILES};
+use pathguard::detector::DETECTOR_FILE;
+use pathguard::detector_fit::{fit_path_detector, FitOptions};
 use pathguard::device::{device_name, parse_device};
 use pathguard::model::{Checkpoint, LossWeights, ModelConfig};
-use pathguard::train::{evaluate, train, EvalReport, Recipe, TrainOptions, TrainingRecord};
+use pathguard::train::{evaluate, recalibrate_batchnorm, train, EvalReport, Recipe, TrainOptions, TrainingRecord};
 
 #[derive(Parser)]
 #[command(name = "pathguard", version, about = "Screens images for adversarial examples by their calculation paths")]
@@ -30,6 +32,62 @@ enum Command {
     /// manifest.json and a preview.png contact sheet.
     #[command(allow_negative_numbers = true)]
     Attack(AttackArgs),
+    /// Re-estimate BatchNorm statistics of a checkpoint with noise-free gates (train does
+    /// this at its end) and save the result.
+    Recalibrate(RecalibrateArgs),
+    /// Fit the path-statistics detector on clean versus FGSM/PGD training images and save
+    /// detector.json beside the model.
+    FitDetector(FitDetectorArgs),
+}
+
+#[derive(Args)]
+struct RecalibrateArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Checkpoint directory to read
+    #[arg(long)]
+    model: PathBuf,
+    /// Checkpoint directory to write (may be the same)
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 500)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: i64,
+}
+
+#[derive(Args)]
+struct FitDetectorArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Checkpoint directory
+    #[arg(long, default_value = "models/default")]
+    model: PathBuf,
+    /// Training images to attack (the first N of the training split)
+    #[arg(long, default_value_t = 10_000)]
+    limit: usize,
+    /// Attack methods whose images are the positive rows
+    #[arg(long, value_delimiter = ',', default_value = "fgsm,pgd")]
+    methods: Vec<String>,
+    /// Budgets to attack at (L-infinity)
+    #[arg(long, value_delimiter = ',', default_value = "0.05,0.1,0.2")]
+    eps: Vec<f64>,
+    /// PGD steps
+    #[arg(long, default_value_t = 40)]
+    pgd_steps: usize,
+    /// Fraction of the images held out to set and check the threshold
+    #[arg(long, default_value_t = 0.2)]
+    validation_fraction: f64,
+    /// False-positive rate on clean held-out images that sets the threshold
+    #[arg(long, default_value_t = 0.05)]
+    fpr: f64,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: i64,
+    /// Output file [default: MODEL/detector.json]
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -149,6 +207,9 @@ struct TrainArgs {
     /// Target open fraction of the sparsity term (0 = plain L1)
     #[arg(long, default_value_t = TrainOptions::default().loss.target_density)]
     target_density: f64,
+    /// Last epochs with noise-free hard gates (counted within --epochs)
+    #[arg(long, default_value_t = TrainOptions::default().hard_gate_epochs)]
+    hard_gate_epochs: usize,
     /// Disable random horizontal flips
     #[arg(long)]
     no_augment: bool,
@@ -199,6 +260,8 @@ fn main() -> std::process::ExitCode {
         Command::Eval(args) => run_eval(args),
         Command::Info(args) => run_info(args),
         Command::Attack(args) => run_attack_command(args),
+        Command::FitDetector(args) => run_fit_detector(args),
+        Command::Recalibrate(args) => run_recalibrate(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -243,6 +306,7 @@ fn run_train(args: TrainArgs) -> Result<()> {
             target_density: args.target_density,
         },
         augment: !args.no_augment,
+        hard_gate_epochs: args.hard_gate_epochs,
         max_shift: args.max_shift,
         seed: args.seed,
     };
@@ -282,6 +346,7 @@ fn run_train(args: TrainArgs) -> Result<()> {
         train_examples: train_set.len(),
         test_examples: test_set.len(),
         initialized_from,
+        batchnorm_recalibrated: None,
         epochs: history,
     });
     checkpoint.save(&args.out).with_context(|| format!("saving to {}", args.out.display()))?;
@@ -310,7 +375,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
 }
 
 fn print_report(checkpoint: &Checkpoint, r: &EvalReport) {
-    println!("model {} ({})", checkpoint.model_hash(), checkpoint.meta.architecture.layers.len());
+    println!("model                 {}", checkpoint.model_hash());
     println!("test accuracy         {:.4} on {} images", r.accuracy, r.examples);
     let open: Vec<String> = r.open_fraction.iter().map(|f| format!("{f:.3}")).collect();
     println!("open gates per layer  [{}]", open.join(", "));
@@ -408,5 +473,66 @@ fn run_attack_command(args: AttackArgs) -> Result<()> {
         println!("with {mode:?} gate gradients: success {:.4} ({:.4} of correctly classified)", o.success_rate, o.success_rate_on_correct);
     }
     println!("wrote {}", args.out.display());
+    Ok(())
+}
+
+fn run_fit_detector(args: FitDetectorArgs) -> Result<()> {
+    let device = parse_device(&args.data.device)?;
+    let mut attacks = Vec::new();
+    for method in &args.methods {
+        for &eps in &args.eps {
+            let params = AttackParams {
+                steps: (method == "pgd").then_some(args.pgd_steps),
+                random_start: method == "pgd",
+                seed: args.seed,
+                ..AttackParams::new(method, eps)
+            };
+            params.build()?;
+            attacks.push(params);
+        }
+    }
+    let checkpoint = Checkpoint::load(&args.model, device)?;
+    let all_train = load_split(&args.data, Split::Train, None)?;
+    let train = all_train.take(args.limit);
+    let options = FitOptions {
+        attacks,
+        validation_fraction: args.validation_fraction,
+        target_fpr: args.fpr,
+        batch_size: args.batch_size,
+        gates: GateGradient::Surrogate,
+        show_progress: true,
+    };
+    let detector = fit_path_detector(&checkpoint.model, checkpoint.model_hash(), device, &all_train, &train, &options)?;
+    let out = args.out.unwrap_or_else(|| args.model.join(DETECTOR_FILE));
+    detector.save(&out)?;
+    if let Some(r) = &detector.record {
+        let v = &r.validation;
+        println!(
+            "fitted on {} clean and {} adversarial rows ({}); validation: AUROC {:.4}, TPR at 5% FPR {:.4}, accuracy {:.4} at threshold {:.4} ({} clean / {} adversarial rows)",
+            r.clean_rows, r.adversarial_rows, r.attacks.join(", "), v.auroc, v.tpr_at_5_fpr, v.detection_accuracy, v.threshold, v.clean, v.adversarial
+        );
+    }
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+fn run_recalibrate(args: RecalibrateArgs) -> Result<()> {
+    let device = parse_device(&args.data.device)?;
+    let mut checkpoint = Checkpoint::load(&args.model, device)?;
+    let train_set = load_split(&args.data, Split::Train, None)?;
+    let test_set = load_split(&args.data, Split::Test, None)?;
+    tch::manual_seed(args.seed);
+    let before = evaluate(&checkpoint.model, &test_set, device, 500, false)?;
+    recalibrate_batchnorm(&checkpoint.model, &train_set, device, args.batch_size)?;
+    let after = evaluate(&checkpoint.model, &test_set, device, 500, false)?;
+    println!(
+        "test accuracy {:.4} -> {:.4}, mean open fraction {:.3} -> {:.3}",
+        before.accuracy, after.accuracy, before.mean_open_fraction, after.mean_open_fraction
+    );
+    if let Some(training) = checkpoint.meta.training.as_mut() {
+        training.batchnorm_recalibrated = Some(after.clone());
+    }
+    checkpoint.save(&args.out).with_context(|| format!("saving to {}", args.out.display()))?;
+    println!("saved {} (weights sha256 {})", args.out.display(), checkpoint.model_hash());
     Ok(())
 }

@@ -49,6 +49,11 @@ pub struct TrainOptions {
     pub loss: LossWeights,
     /// Random horizontal flips of training images.
     pub augment: bool,
+    /// Final epochs trained with noise-free hard gates (the paths are then fixed functions of
+    /// the input and only the weights around them adapt; removes the train/inference mismatch
+    /// of the noisy gates). Counted within `epochs`.
+    #[serde(default)]
+    pub hard_gate_epochs: usize,
     /// Random per-image translation of training images by up to this many pixels (0 = off).
     #[serde(default)]
     pub max_shift: i64,
@@ -71,6 +76,7 @@ impl Default for TrainOptions {
                 target_density: 0.5,
             },
             augment: true,
+            hard_gate_epochs: 0,
             max_shift: 0,
             seed: 0,
         }
@@ -83,10 +89,11 @@ impl TrainOptions {
         if self.epochs < 1 {
             return fail("epochs must be >= 1".into());
         }
-        if self.recipe == Recipe::Pretrain && self.pretrain_epochs >= self.epochs {
+        let pretrain = if self.recipe == Recipe::Pretrain { self.pretrain_epochs } else { 0 };
+        if pretrain + self.hard_gate_epochs > self.epochs {
             return fail(format!(
-                "pretrain_epochs ({}) must be < epochs ({}) so that decoupling happens",
-                self.pretrain_epochs, self.epochs
+                "pretrain_epochs ({pretrain}) + hard_gate_epochs ({}) exceed epochs ({})",
+                self.hard_gate_epochs, self.epochs
             ));
         }
         if !(0..=4).contains(&self.max_shift) {
@@ -104,15 +111,18 @@ impl TrainOptions {
         self.loss.validate()
     }
 
-    /// `(gate mode, epochs)` of each training phase.
+    /// `(gate mode, epochs)` of each training phase (phases of 0 epochs are skipped).
     fn phases(&self) -> Vec<(GateMode, usize)> {
-        match self.recipe {
-            Recipe::Joint => vec![(GateMode::Train, self.epochs)],
-            Recipe::Pretrain => vec![
-                (GateMode::PlainTrain, self.pretrain_epochs),
-                (GateMode::Train, self.epochs - self.pretrain_epochs),
-            ],
-        }
+        let pretrain = if self.recipe == Recipe::Pretrain { self.pretrain_epochs } else { 0 };
+        let decoupled = self.epochs - pretrain - self.hard_gate_epochs;
+        [
+            (GateMode::PlainTrain, pretrain),
+            (GateMode::Train, decoupled),
+            (GateMode::RecalibrateNorm, self.hard_gate_epochs),
+        ]
+        .into_iter()
+        .filter(|(_, epochs)| *epochs > 0)
+        .collect()
     }
 }
 
@@ -120,7 +130,8 @@ impl TrainOptions {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EpochMetrics {
     pub epoch: usize,
-    /// "plain" (gates open, CE only) or "decoupled".
+    /// "plain" (gates open, CE only), "decoupled" (noisy gates, all losses) or "hard-gates"
+    /// (noise-free gates, all losses; only the weights around the paths learn).
     pub phase: String,
     pub cross_entropy: f64,
     pub mutual_information: f64,
@@ -144,6 +155,9 @@ pub struct TrainingRecord {
     #[serde(default)]
     pub initialized_from: Option<String>,
     pub epochs: Vec<EpochMetrics>,
+    /// Test evaluation after BatchNorm statistics were re-estimated with noise-free gates.
+    #[serde(default)]
+    pub batchnorm_recalibrated: Option<EvalReport>,
 }
 
 /// Evaluation of a model on a data set (eval-mode hard gates).
@@ -237,7 +251,12 @@ pub fn train(
             let test = evaluate(model, test_set, device, 500, false)?;
             let metrics = EpochMetrics {
                 epoch,
-                phase: if mode == GateMode::PlainTrain { "plain" } else { "decoupled" }.into(),
+                phase: match mode {
+                    GateMode::PlainTrain => "plain",
+                    GateMode::RecalibrateNorm => "hard-gates",
+                    _ => "decoupled",
+                }
+                .into(),
                 cross_entropy: sums[0] / n as f64,
                 mutual_information: sums[1] / n as f64,
                 alignment: sums[2] / n as f64,
@@ -252,6 +271,33 @@ pub fn train(
         }
     }
     Ok(history)
+}
+
+/// Re-estimates every BatchNorm's running statistics with inference-mode (noise-free) gates
+/// over `data`, without gradients. Training leaves statistics of noisy-gate activations behind;
+/// this makes them match what evaluation computes.
+pub fn recalibrate_batchnorm(model: &DecoupledCnn, data: &Dataset, device: Device, batch_size: usize) -> Result<()> {
+    if data.is_empty() {
+        return Err(Error::Config("cannot recalibrate BatchNorm on an empty data set".into()));
+    }
+    let n = data.len() as i64;
+    let batch = batch_size.max(2) as i64;
+    let order = Tensor::randperm(n, (Kind::Int64, Device::Cpu));
+    let bar = progress::bar(((n + batch - 1) / batch) as u64, "BN recalib");
+    tch::no_grad(|| {
+        for start in (0..n).step_by(batch as usize) {
+            let len = batch.min(n - start);
+            if len < 2 {
+                break;
+            }
+            let idx = order.narrow(0, start, len);
+            let x = data.images.index_select(0, &idx).to_device(device);
+            let _ = model.forward_with_path(&x, GateMode::RecalibrateNorm);
+            bar.inc(1);
+        }
+    });
+    bar.finish_and_clear();
+    Ok(())
 }
 
 /// One-cycle schedule: linear warm-up over the first 25% of steps from peak/25 to the peak,

@@ -4,6 +4,7 @@ mod attack_sets;
 mod checkpoint;
 mod cli;
 mod data;
+mod detector;
 mod images;
 mod linking;
 mod shipped_model;

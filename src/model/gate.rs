@@ -12,6 +12,10 @@ pub enum GateMode {
     PlainTrain,
     /// Inference: hard gates `1[y > 0]`, no noise. Zero gradient through the gates.
     Eval,
+    /// Inference gates (hard, no noise) while BatchNorm re-estimates its running statistics:
+    /// training sees noisy gates, so the statistics it leaves behind do not match the
+    /// activations of the noise-free inference paths.
+    RecalibrateNorm,
     /// Inference values with a straight-through surrogate gradient (backward as if the gate
     /// were `sigmoid(y)`), so attacks see through the hard gates.
     EvalSurrogate,
@@ -20,7 +24,7 @@ pub enum GateMode {
 impl GateMode {
     /// Whether BatchNorm uses (and updates) batch statistics.
     pub fn is_training(self) -> bool {
-        matches!(self, GateMode::Train | GateMode::PlainTrain)
+        matches!(self, GateMode::Train | GateMode::PlainTrain | GateMode::RecalibrateNorm)
     }
 }
 
@@ -78,7 +82,7 @@ impl ControlModule {
 /// Turns gate logits into gates according to `mode`.
 pub fn gates_from_logits(logits: &Tensor, mode: GateMode) -> Tensor {
     match mode {
-        GateMode::Eval => logits.gt(0.0).to_kind(Kind::Float),
+        GateMode::Eval | GateMode::RecalibrateNorm => logits.gt(0.0).to_kind(Kind::Float),
         GateMode::PlainTrain => logits.ones_like(),
         GateMode::EvalSurrogate => {
             let hard = logits.gt(0.0).to_kind(Kind::Float);

@@ -1,10 +1,36 @@
-//! Calculation paths: per-class templates and distances between them.
+//! Per-class path templates and distances between them.
 //!
 //! A path is the concatenation of an input's eval-mode gates over all gated layers, a
 //! `[N, total_gates]` tensor of 0/1 values. A class template is the open frequency of each
 //! gate over inputs of that class.
 
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
+
+/// Templates of every class, as stored in `detector.json`: `frequencies[class][bit]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PathTemplates {
+    pub layer_sizes: Vec<i64>,
+    pub frequencies: Vec<Vec<f32>>,
+}
+
+impl PathTemplates {
+    /// Templates from clean paths `[N, B]` and their labels `[N]`.
+    pub fn fit(paths: &Tensor, labels: &Tensor, num_classes: i64, layer_sizes: &[i64]) -> Self {
+        let t = class_templates(paths, labels, num_classes);
+        let frequencies = (0..num_classes)
+            .map(|k| Vec::<f32>::try_from(t.get(k).to_kind(Kind::Float)).expect("float row"))
+            .collect();
+        PathTemplates { layer_sizes: layer_sizes.to_vec(), frequencies }
+    }
+
+    /// The templates as a `[K, B]` tensor on `device`.
+    pub fn tensor(&self, device: tch::Device) -> Tensor {
+        let k = self.frequencies.len() as i64;
+        let flat: Vec<f32> = self.frequencies.iter().flatten().copied().collect();
+        Tensor::from_slice(&flat).view([k, -1]).to_device(device)
+    }
+}
 
 /// Per-class open frequency `[classes, total_gates]` from paths `[N, B]` and labels `[N]`.
 /// A class with no examples gets an all-zero template.

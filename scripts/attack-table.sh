@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Success rates of the standard attacks on the shipped model, first 1,000 test images.
+# Prints a markdown table (README's "Attacks" section comes from this). Usage:
+#   scripts/attack-table.sh [MODEL_DIR] [LIMIT]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+model=${1:-models/default}
+limit=${2:-1000}
+bin=target/release/pathguard
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+run() { # name, args...
+  local name=$1; shift
+  "$bin" attack --model "$model" --split test --limit "$limit" --out "$out/$name" "$@" >/dev/null
+}
+for eps in 0.05 0.1 0.2 0.3; do
+  run "fgsm-$eps" --method fgsm --eps "$eps"
+  run "pgd-$eps" --method pgd --eps "$eps" --steps 40 --random-start --compare-gates
+done
+run cw --method cw --steps 50 --search-steps 3
+run deepfool --method deepfool
+python3 - "$out" <<'PY'
+import json, os, sys
+root = sys.argv[1]
+print("| attack | eps | accuracy under attack | success (of correctly classified) | mean L-inf | mean L2 | images/s |")
+print("|---|---|---|---|---|---|---|")
+def row(name):
+    m = json.load(open(os.path.join(root, name, "manifest.json")))
+    s = m["stats"]; p = m["parameters"]
+    eps = "-" if m["method"] in ("cw", "deepfool") else p["eps"]
+    label = m["method"] + (f" ({p['steps']} steps)" if p.get("steps", 1) and p["steps"] > 1 else "")
+    extra = ""
+    if m.get("other_gate_gradient"):
+        mode, o = m["other_gate_gradient"]
+        extra = f" (with {mode} gate gradients: {o['success_rate_on_correct']:.3f})"
+    print(f"| {label} | {eps} | {s['adversarial_accuracy']:.3f} | {s['success_rate_on_correct']:.3f}{extra} | {s['mean_linf']:.3f} | {s['mean_l2']:.3f} | {s['images_per_second']:.0f} |")
+    return s
+first = None
+for eps in ("0.05", "0.1", "0.2", "0.3"):
+    s = row(f"fgsm-{eps}"); first = first or s
+    row(f"pgd-{eps}")
+row("cw"); row("deepfool")
+print(f"\nClean accuracy on these {first['images']} images: {first['clean_accuracy']:.3f}.")
+PY
