@@ -141,28 +141,32 @@ impl AttackParams {
         p
     }
 
-    /// Builds the attack, validating every parameter.
+    /// Builds the attack, validating every parameter. Defaults come from [`Self::resolved`]
+    /// alone, so that what runs is exactly what a manifest records.
     pub fn build(&self) -> Result<Box<dyn Attack>> {
+        fn boxed<A: Attack + 'static>(
+            attack: std::result::Result<A, attacks::AttackError>,
+        ) -> std::result::Result<Box<dyn Attack>, attacks::AttackError> {
+            attack.map(|a| Box::new(a) as Box<dyn Attack>)
+        }
         let p = self.resolved();
-        let steps = p.steps.unwrap_or(1);
-        let step = p.step_size.unwrap_or(0.0);
-        let iterative = |kind| Iterative::new(kind, p.eps, steps, step, p.random_start, p.seed);
-        let attack: std::result::Result<Box<dyn Attack>, attacks::AttackError> = match p.method.as_str() {
-            "fgsm" => Fgsm::new(p.eps).map(|a| Box::new(a) as Box<dyn Attack>),
-            "bim" => iterative(IterativeKind::Bim).map(|a| Box::new(a) as Box<dyn Attack>),
-            "pgd" => iterative(IterativeKind::PgdLinf).map(|a| Box::new(a) as Box<dyn Attack>),
-            "pgd-l2" => iterative(IterativeKind::PgdL2).map(|a| Box::new(a) as Box<dyn Attack>),
-            "mifgsm" => iterative(IterativeKind::MiFgsm { decay: p.decay.unwrap_or(1.0) })
-                .map(|a| Box::new(a) as Box<dyn Attack>),
-            "cw" => CarliniWagnerL2::new(
+        let resolved = "resolved() sets every parameter of its method";
+        let steps = p.steps.expect(resolved);
+        let iterative = |kind| Iterative::new(kind, p.eps, steps, p.step_size.expect(resolved), p.random_start, p.seed);
+        let attack = match p.method.as_str() {
+            "fgsm" => boxed(Fgsm::new(p.eps)),
+            "bim" => boxed(iterative(IterativeKind::Bim)),
+            "pgd" => boxed(iterative(IterativeKind::PgdLinf)),
+            "pgd-l2" => boxed(iterative(IterativeKind::PgdL2)),
+            "mifgsm" => boxed(iterative(IterativeKind::MiFgsm { decay: p.decay.expect(resolved) })),
+            "cw" => boxed(CarliniWagnerL2::new(
                 steps,
-                p.search_steps.unwrap_or(3),
-                p.learning_rate.unwrap_or(0.01),
-                p.confidence.unwrap_or(0.0),
-                p.initial_const.unwrap_or(1.0),
-            )
-            .map(|a| Box::new(a) as Box<dyn Attack>),
-            "deepfool" => DeepFool::new(steps, p.overshoot.unwrap_or(0.02)).map(|a| Box::new(a) as Box<dyn Attack>),
+                p.search_steps.expect(resolved),
+                p.learning_rate.expect(resolved),
+                p.confidence.expect(resolved),
+                p.initial_const.expect(resolved),
+            )),
+            "deepfool" => boxed(DeepFool::new(steps, p.overshoot.expect(resolved))),
             other => {
                 return Err(Error::Config(format!(
                     "unknown attack method {other:?}; use one of {}",

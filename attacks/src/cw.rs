@@ -83,7 +83,12 @@ impl Attack for CarliniWagnerL2 {
                 // Record the smallest successful perturbation per image.
                 let pred = logits.argmax(1, false);
                 let success = if targeted { pred.eq_tensor(&objective) } else { pred.ne_tensor(&objective) };
-                let success = success.logical_and(&margin.le(-self.confidence + 1e-6).logical_or(&Tensor::from(self.confidence == 0.0).to_device(device)));
+                // With a confidence kappa > 0 the margin must also reach -kappa.
+                let success = if self.confidence > 0.0 {
+                    success.logical_and(&margin.le(-self.confidence + 1e-6))
+                } else {
+                    success
+                };
                 let l2 = l2.detach();
                 let improved = success.logical_and(&l2.lt_tensor(&best_l2));
                 best_l2 = l2.where_self(&improved, &best_l2);
