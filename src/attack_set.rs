@@ -83,6 +83,10 @@ pub struct AttackParams {
     pub search_steps: Option<usize>,
     /// DeepFool overshoot (default 0.02).
     pub overshoot: Option<f64>,
+    /// Iterative attacks: stop each image at its first success (minimal, low-confidence
+    /// adversarial examples).
+    #[serde(default)]
+    pub early_stop: bool,
 }
 
 impl AttackParams {
@@ -102,6 +106,7 @@ impl AttackParams {
             learning_rate: None,
             search_steps: None,
             overshoot: None,
+            early_stop: false,
         }
     }
 
@@ -150,9 +155,18 @@ impl AttackParams {
             attack.map(|a| Box::new(a) as Box<dyn Attack>)
         }
         let p = self.resolved();
+        if p.early_stop && !matches!(p.method.as_str(), "bim" | "pgd" | "pgd-l2" | "mifgsm") {
+            return Err(Error::Config(format!(
+                "early stop applies to the iterative attacks bim, pgd, pgd-l2 and mifgsm, not to {}",
+                p.method
+            )));
+        }
         let resolved = "resolved() sets every parameter of its method";
         let steps = p.steps.expect(resolved);
-        let iterative = |kind| Iterative::new(kind, p.eps, steps, p.step_size.expect(resolved), p.random_start, p.seed);
+        let iterative = |kind| {
+            Iterative::new(kind, p.eps, steps, p.step_size.expect(resolved), p.random_start, p.seed)
+                .map(|a| a.with_early_stop(p.early_stop))
+        };
         let attack = match p.method.as_str() {
             "fgsm" => boxed(Fgsm::new(p.eps)),
             "bim" => boxed(iterative(IterativeKind::Bim)),
@@ -324,13 +338,7 @@ pub struct Manifest {
 /// directory, which then replaces `out` (an existing `out` is moved aside first and removed
 /// only after the new one is in place).
 pub fn write_attack_set(out: &Path, outcome: &AttackOutcome, manifest: &Manifest, class_names: &[String]) -> Result<()> {
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "attack".into());
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let result = (|| -> Result<()> {
+    crate::atomic::write_dir_atomic(out, |tmp| {
         write_npy_f32(&tmp.join("images.npy"), &outcome.adversarial)?;
         write_npy_f32(&tmp.join("clean.npy"), &outcome.clean)?;
         write_npy_i64(&tmp.join("labels.npy"), &outcome.labels)?;
@@ -339,26 +347,7 @@ pub fn write_attack_set(out: &Path, outcome: &AttackOutcome, manifest: &Manifest
         crate::preview::contact_sheet(&tmp.join("preview.png"), outcome, class_names, 8)?;
         let json = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
         crate::model::checkpoint::write_atomic(&tmp.join("manifest.json"), &json)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-    let had_old = out.exists();
-    if had_old {
-        std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
-    }
-    if let Err(e) = std::fs::rename(&tmp, out) {
-        if had_old {
-            let _ = std::fs::rename(&old, out);
-        }
-        return Err(Error::io(out, e));
-    }
-    if had_old {
-        let _ = std::fs::remove_dir_all(&old);
-    }
-    Ok(())
+    })
 }
 
 /// Files of an attack set, in the order they are written.

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::model::ForwardOutput;
-use crate::path::{path_features, FeatureSpec, PathTemplates};
+use crate::path::{FeatureSpec, PathTemplates};
 
 pub const DETECTOR_FILE: &str = "detector.json";
 const FORMAT: &str = "pathguard-path-detector-v1";
@@ -50,7 +50,7 @@ impl PathDetector {
 
     /// Adversarial scores in [0, 1] for an eval-mode forward pass.
     pub fn score(&self, out: &ForwardOutput) -> Result<Array1<f64>> {
-        let rows = path_features(out, &self.templates);
+        let rows = self.features.rows(out, &self.templates);
         self.classifier.score(rows.view()).map_err(|e| Error::InvalidInput(format!("detector: {e}")))
     }
 

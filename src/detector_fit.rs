@@ -6,14 +6,15 @@ use std::time::Instant;
 
 use detectors::{DetectionMetrics, Detector, LogisticDetectorParams};
 use ndarray::{concatenate, Array2, Axis};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
-use crate::attack_set::{run_attack, AttackParams, GateGradient};
+use crate::attack_material::{describe_attack, AttackMaterial, MaterialOptions, PlannedAttack};
+use crate::attack_set::{AttackParams, GateGradient};
 use crate::data::Dataset;
 use crate::detector::{DetectorRecord, PathDetector};
 use crate::error::{Error, Result};
-use crate::model::{DecoupledCnn, GateMode};
-use crate::path::{path_features, FeatureSpec, PathTemplates};
+use crate::model::DecoupledCnn;
+use crate::path::{FeatureSpec, PathTemplates};
 
 /// Settings of `pathguard fit-detector`.
 #[derive(Debug, Clone)]
@@ -25,29 +26,6 @@ pub struct FitOptions {
     pub batch_size: usize,
     pub gates: GateGradient,
     pub show_progress: bool,
-}
-
-/// Eval-mode features and predictions of `images`, in batches.
-pub fn features_of(
-    model: &DecoupledCnn,
-    device: Device,
-    images: &Tensor,
-    templates: &PathTemplates,
-    batch_size: usize,
-) -> Result<(Array2<f64>, Tensor)> {
-    let n = images.size()[0];
-    let mut rows = Vec::new();
-    let mut predictions = Vec::new();
-    for start in (0..n).step_by(batch_size.max(1)) {
-        let len = (batch_size as i64).min(n - start);
-        let x = images.narrow(0, start, len).to_device(device);
-        model.check_input(&x)?;
-        let out = tch::no_grad(|| model.forward_with_path(&x, GateMode::Eval));
-        rows.push(path_features(&out, templates));
-        predictions.push(out.logits.argmax(1, false).to_device(Device::Cpu));
-    }
-    let views: Vec<_> = rows.iter().map(|r| r.view()).collect();
-    Ok((concatenate(Axis(0), &views).expect("same width"), Tensor::cat(&predictions, 0)))
 }
 
 /// Templates from the clean images of `data` that the model classifies correctly.
@@ -71,38 +49,19 @@ pub fn fit_templates(model: &DecoupledCnn, device: Device, data: &Dataset, batch
     ))
 }
 
-fn select_rows(rows: &Array2<f64>, mask: &Tensor) -> Array2<f64> {
-    let keep: Vec<usize> = Vec::<bool>::try_from(mask.to_kind(Kind::Bool))
-        .expect("bool mask")
-        .iter()
-        .enumerate()
-        .filter_map(|(i, &k)| k.then_some(i))
-        .collect();
-    rows.select(Axis(0), &keep)
+/// Clean rows then adversarial rows, with their labels (`true` = adversarial).
+pub fn labelled_rows(clean: &Array2<f64>, adversarial: &Array2<f64>) -> (Array2<f64>, Vec<bool>) {
+    let rows = concatenate![Axis(0), clean.view(), adversarial.view()];
+    let labels = (0..rows.nrows()).map(|i| i >= clean.nrows()).collect();
+    (rows, labels)
 }
 
-/// Clean rows (correctly classified) and adversarial rows (attacks that fooled the model) of
-/// `data`, one adversarial block per attack.
-fn labelled_rows(
-    model: &DecoupledCnn,
-    device: Device,
-    data: &Dataset,
-    templates: &PathTemplates,
-    options: &FitOptions,
-) -> Result<(Array2<f64>, Vec<Array2<f64>>)> {
-    let (clean_rows, clean_pred) = features_of(model, device, &data.images, templates, options.batch_size)?;
-    let correct = clean_pred.eq_tensor(&data.labels);
-    let clean = select_rows(&clean_rows, &correct);
-    let indices = Tensor::arange(data.len() as i64, (Kind::Int64, Device::Cpu));
-    let mut adversarial = Vec::new();
-    for params in &options.attacks {
-        let outcome = run_attack(model, device, data, &indices, params, options.gates, options.batch_size, options.show_progress)?;
-        let (rows, pred) = features_of(model, device, &outcome.adversarial, templates, options.batch_size)?;
-        // Adversarial examples proper: the image was classified correctly and now is not.
-        let fooled = pred.ne_tensor(&data.labels).logical_and(&correct);
-        adversarial.push(select_rows(&rows, &fooled));
-    }
-    Ok((clean, adversarial))
+/// The feature spec of detectors fitted by this version: path statistics, the path bits and
+/// the gate logits.
+pub fn detector_spec(model: &DecoupledCnn) -> FeatureSpec {
+    let sizes = model.config().gate_sizes();
+    let total = sizes.iter().sum::<i64>() as usize;
+    FeatureSpec::for_layers(sizes.len()).with_path_bits(total).with_gate_logits(total)
 }
 
 /// Fits the detector on the first images of `train`, validating on the rest.
@@ -133,48 +92,39 @@ pub fn fit_path_detector(
         images: train.images.narrow(0, n_fit as i64, n_val as i64),
         labels: train.labels.narrow(0, n_fit as i64, n_val as i64),
     };
-    let (clean, adversarial) = labelled_rows(model, device, &fit_part, &templates, options)?;
-    let adv_views: Vec<_> = adversarial.iter().map(|a| a.view()).collect();
-    let adversarial = concatenate(Axis(0), &adv_views).expect("same width");
-    let rows = concatenate![Axis(0), clean, adversarial];
-    let labels: Vec<bool> = (0..rows.nrows()).map(|i| i >= clean.nrows()).collect();
+    let planned: Vec<PlannedAttack> =
+        options.attacks.iter().map(|params| PlannedAttack { params: params.clone(), max_images: None }).collect();
+    let material_options =
+        MaterialOptions { gates: options.gates, batch_size: options.batch_size, show_progress: options.show_progress };
+    let fit_material = AttackMaterial::build(model, device, &fit_part, &templates, &planned, &material_options)?;
+    let (clean, adversarial) = (fit_material.clean(), fit_material.adversarial("").expect("at least one attack"));
+    let features = detector_spec(model);
+    let (rows, labels) = labelled_rows(&clean.detector_rows(&features), &adversarial.detector_rows(&features));
     let mut classifier = LogisticDetectorParams::new("path-statistics")
         .check()
         .and_then(|p| p.fit(rows.view(), &labels))
         .map_err(|e| Error::Config(format!("fitting the detector: {e}")))?;
 
-    let (val_clean, val_adv) = labelled_rows(model, device, &val_part, &templates, options)?;
+    let val_material = AttackMaterial::build(model, device, &val_part, &templates, &planned, &material_options)?;
+    let (val_clean, val_adv) = (val_material.clean(), val_material.adversarial("").expect("at least one attack"));
     classifier
-        .calibrate(val_clean.view(), options.target_fpr)
+        .calibrate(val_clean.detector_rows(&features).view(), options.target_fpr)
         .map_err(|e| Error::Config(format!("setting the threshold: {e}")))?;
-    let val_views: Vec<_> = val_adv.iter().map(|a| a.view()).collect();
-    let val_adv = concatenate(Axis(0), &val_views).expect("same width");
-    let val_rows = concatenate![Axis(0), val_clean, val_adv];
-    let val_labels: Vec<bool> = (0..val_rows.nrows()).map(|i| i >= val_clean.nrows()).collect();
+    let (val_rows, val_labels) = labelled_rows(&val_clean.detector_rows(&features), &val_adv.detector_rows(&features));
     let scores = classifier.score(val_rows.view()).map_err(|e| Error::Config(e.to_string()))?;
     let validation = DetectionMetrics::compute(scores.as_slice().expect("contiguous"), &val_labels, classifier.threshold)
         .map_err(|e| Error::Config(format!("validating the detector: {e}")))?;
 
-    let features = FeatureSpec::for_layers(model.config().gate_sizes().len());
     let mut detector = PathDetector::new(model_hash, features, templates, classifier);
     detector.record = Some(DetectorRecord {
         attacks: options.attacks.iter().map(describe_attack).collect(),
         train_images: n,
-        clean_rows: clean.nrows(),
-        adversarial_rows: adversarial.nrows(),
-        validation_clean_rows: val_clean.nrows(),
+        clean_rows: clean.len(),
+        adversarial_rows: adversarial.len(),
+        validation_clean_rows: val_clean.len(),
         target_false_positive_rate: options.target_fpr,
         validation,
         seconds: started.elapsed().as_secs_f64(),
     });
     Ok(detector)
-}
-
-/// "pgd eps 0.1 (40 steps)"-style description of an attack.
-pub fn describe_attack(p: &AttackParams) -> String {
-    let p = p.resolved();
-    match p.steps {
-        Some(s) if s > 1 => format!("{} eps {} ({} steps)", p.method, p.eps, s),
-        _ => format!("{} eps {}", p.method, p.eps),
-    }
 }

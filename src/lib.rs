@@ -14,18 +14,34 @@
 //! - [`path`]: per-class path templates and distances.
 //! - [`attack_set`]: attacks from the `attacks` crate run against the model over a data
 //!   slice, written as NPY files, a JSON manifest and a PNG contact sheet ([`preview`]).
+//! - [`representations`]: every view detectors take of a batch (path features, path bits,
+//!   gate logits, probabilities, penultimate features, pooled activations), one forward pass.
+//! - [`detector`], [`detector_fit`]: the path-statistics detector, its fitting on clean versus
+//!   attacked training images ([`attack_material`]) and `detector.json`.
+//! - [`evaluation`]: `pathguard evaluate`, our detector against the baselines, seen and unseen
+//!   attacks, report.md / report.json / roc.png.
+//! - [`screener`]: screening in process (model + detector -> prediction, score, path summary).
+//! - [`service`]: the gRPC server (`pathguard.v1.Screening`, health, reflection, metrics) and
+//!   the `pathguard screen` client.
 //! - [`device`]: `auto | cpu | cuda[:N]`.
 
+pub mod atomic;
+pub mod attack_material;
 pub mod attack_set;
 pub mod data;
 pub mod detector;
 pub mod detector_fit;
 pub mod device;
 pub mod error;
+pub mod evaluation;
 pub mod model;
 pub mod path;
 pub mod preview;
 pub mod progress;
+pub mod representations;
+pub mod screener;
+pub mod service;
+
 pub mod train;
 
 pub use error::{Error, Result};

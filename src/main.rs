@@ -2,11 +2,13 @@
 
 use std::path::PathBuf;
 
+mod commands;
+
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use pathguard::data::{fashion_mnist, Split};
 use pathguard::attack_set::{run_attack, write_attack_set, AttackParams, GateGradient, Manifest, ATTACK_SET_FILES};
-use pathguard::detector::DETECTOR_FILE;
+use pathguard::detector::{PathDetector, DETECTOR_FILE};
 use pathguard::detector_fit::{fit_path_detector, FitOptions};
 use pathguard::device::{device_name, parse_device};
 use pathguard::model::{Checkpoint, LossWeights, ModelConfig};
@@ -38,6 +40,57 @@ enum Command {
     /// Fit the path-statistics detector on clean versus FGSM/PGD training images and save
     /// detector.json beside the model.
     FitDetector(FitDetectorArgs),
+    /// Judge the path-statistics detector against the baselines (max-softmax, Mahalanobis,
+    /// LID, raw activations) on seen and unseen attacks; writes report.md, report.json and
+    /// roc.png to --out.
+    Evaluate(EvaluateArgs),
+    /// Serve pathguard.v1.Screening over gRPC (with health, reflection and Prometheus metrics).
+    Serve(commands::service::ServeArgs),
+    /// Screen PNG files, directories and NPY arrays through a server (--server) or in process;
+    /// one JSON line (or CSV row) per image.
+    Screen(commands::service::ScreenArgs),
+    /// Load a running server with concurrent clients: throughput, latency percentiles, errors.
+    LoadTest(commands::service::LoadTestArgs),
+}
+
+#[derive(Args)]
+struct EvaluateArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Checkpoint directory (its detector.json, if present, is evaluated too)
+    #[arg(long, default_value = "models/default")]
+    model: PathBuf,
+    /// Test images to evaluate on (the first N of the test split)
+    #[arg(long, default_value_t = 2_000)]
+    limit: usize,
+    /// Training images the detectors are fitted on (the first N of the training split)
+    #[arg(long, default_value_t = 2_000)]
+    train_limit: usize,
+    /// C&W and DeepFool, the slow attacks, run on at most this many of the test images
+    #[arg(long, default_value_t = 500)]
+    slow_limit: usize,
+    /// L-infinity budgets of the seen attacks (FGSM and PGD)
+    #[arg(long, value_delimiter = ',', default_value = "0.05,0.1,0.2")]
+    eps: Vec<f64>,
+    #[arg(long, default_value_t = 40)]
+    pgd_steps: usize,
+    /// L2 budget of the unseen PGD-L2 attack
+    #[arg(long, default_value_t = 1.5)]
+    l2_eps: f64,
+    /// An attack set made by `pathguard attack --split test` from the first test images, tested
+    /// as an unseen attack (repeatable)
+    #[arg(long)]
+    attack_set: Vec<PathBuf>,
+    /// The attack whose ROC curves roc.png shows (a name prefix)
+    #[arg(long, default_value = "pgd eps 0.1")]
+    roc_attack: String,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: i64,
+    /// Report directory (replaced atomically)
+    #[arg(long, default_value = "reports/evaluate")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -135,6 +188,10 @@ struct AttackArgs {
     /// DeepFool overshoot [default: 0.02]
     #[arg(long)]
     overshoot: Option<f64>,
+    /// bim, pgd, pgd-l2, mifgsm: stop each image at its first success (minimal,
+    /// low-confidence adversarial examples)
+    #[arg(long)]
+    early_stop: bool,
     /// train or test
     #[arg(long, default_value = "test")]
     split: String,
@@ -261,7 +318,16 @@ fn main() -> std::process::ExitCode {
         Command::Info(args) => run_info(args),
         Command::Attack(args) => run_attack_command(args),
         Command::FitDetector(args) => run_fit_detector(args),
+        Command::Evaluate(args) => run_evaluate(args),
         Command::Recalibrate(args) => run_recalibrate(args),
+        Command::Serve(args) => commands::service::run_serve(args),
+        Command::LoadTest(args) => commands::service::run_load_test(args),
+        Command::Screen(args) => match commands::service::run_screen(args) {
+            // --fail-on-flag: a distinct status, so that a pipeline can tell "flagged" from "failed".
+            Ok(true) => return std::process::ExitCode::from(2),
+            Ok(false) => Ok(()),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -422,6 +488,7 @@ fn run_attack_command(args: AttackArgs) -> Result<()> {
         learning_rate: args.cw_lr,
         search_steps: args.search_steps,
         overshoot: args.overshoot,
+        early_stop: args.early_stop,
         ..AttackParams::new(&args.method, args.eps)
     };
     params.build()?; // validate before loading anything
@@ -513,6 +580,50 @@ fn run_fit_detector(args: FitDetectorArgs) -> Result<()> {
         );
     }
     println!("wrote {}", out.display());
+    Ok(())
+}
+
+fn run_evaluate(args: EvaluateArgs) -> Result<()> {
+    use pathguard::evaluation::{evaluate, standard_attacks, write_report, EvaluateOptions, EvaluationInputs};
+    let device = parse_device(&args.data.device)?;
+    let checkpoint = Checkpoint::load(&args.model, device)?;
+    let detector_path = args.model.join(DETECTOR_FILE);
+    let shipped = if detector_path.exists() {
+        Some(PathDetector::load(&detector_path, checkpoint.model_hash())?)
+    } else {
+        eprintln!("no {} beside the model: evaluating the detectors fitted in this run only", DETECTOR_FILE);
+        None
+    };
+    let all_train = load_split(&args.data, Split::Train, None)?;
+    let templates = match &shipped {
+        Some(d) => d.templates.clone(),
+        None => pathguard::detector_fit::fit_templates(&checkpoint.model, device, &all_train, args.batch_size)?,
+    };
+    let (seen, unseen) = standard_attacks(&args.eps, args.pgd_steps, args.l2_eps, args.slow_limit, args.seed);
+    let options = EvaluateOptions {
+        seen,
+        unseen,
+        attack_sets: args.attack_set.clone(),
+        roc_attack: args.roc_attack.clone(),
+        batch_size: args.batch_size,
+        gates: GateGradient::Surrogate,
+        show_progress: true,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    tch::manual_seed(args.seed);
+    let inputs = EvaluationInputs {
+        model: &checkpoint.model,
+        model_hash: checkpoint.model_hash(),
+        device,
+        templates: &templates,
+        shipped,
+        train: &all_train.take(args.train_limit),
+        test: &load_split(&args.data, Split::Test, Some(args.limit))?,
+    };
+    let (report, roc) = evaluate(&inputs, &options)?;
+    write_report(&args.out, &report, &roc)?;
+    println!("{}", report.to_markdown());
+    println!("wrote {}", args.out.display());
     Ok(())
 }
 

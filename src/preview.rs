@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 /// Debian's fonts-dejavu-core (installed by `make`); without it the sheet has no captions.
 const FONT_PATH: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
-fn fonts_available() -> bool {
+pub(crate) fn fonts_available() -> bool {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     *REGISTERED.get_or_init(|| match std::fs::read(FONT_PATH) {
         Ok(bytes) => {

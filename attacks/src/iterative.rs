@@ -30,6 +30,7 @@ pub struct Iterative {
     step_size: f64,
     random_start: bool,
     seed: i64,
+    early_stop: bool,
 }
 
 impl Iterative {
@@ -41,7 +42,16 @@ impl Iterative {
         if let IterativeKind::MiFgsm { decay } = kind {
             check_non_negative(decay, AttackError::Momentum)?;
         }
-        Ok(Iterative { kind, eps, steps, step_size, random_start, seed })
+        Ok(Iterative { kind, eps, steps, step_size, random_start, seed, early_stop: false })
+    }
+
+    /// Freezes each image at the first iterate that reaches the goal (the untargeted
+    /// prediction left the true class, or the targeted one hit the target): minimal,
+    /// low-confidence adversarial examples close to the decision boundary, like those of
+    /// C&W and DeepFool, instead of PGD's usual over-confident ones.
+    pub fn with_early_stop(mut self, early_stop: bool) -> Self {
+        self.early_stop = early_stop;
+        self
     }
 
     /// Projects `x` onto the ball of radius eps around `origin`, then onto [0, 1].
@@ -120,10 +130,28 @@ impl Attack for Iterative {
         };
         let mut momentum = None;
         for _ in 0..self.steps {
-            let (grad, _) = loss_gradient(model, &x, objective);
+            let (grad, logits) = loss_gradient(model, &x, objective);
             let step = self.step_direction(&grad, &mut momentum) * (self.step_size * direction);
-            x = self.project(&(&x + step), &origin).detach();
+            let stepped = self.project(&(&x + step), &origin).detach();
+            x = if self.early_stop {
+                let reached = goal_reached(&logits, objective, goal);
+                if bool::try_from(reached.all()).unwrap_or(false) {
+                    break;
+                }
+                stepped.where_self(&reached.logical_not().view([-1, 1, 1, 1]), &x)
+            } else {
+                stepped
+            };
         }
         Ok(x)
+    }
+}
+
+/// Per image: does the prediction at these logits meet the goal?
+fn goal_reached(logits: &Tensor, objective: &Tensor, goal: &Goal) -> Tensor {
+    let predicted = logits.argmax(1, false);
+    match goal {
+        Goal::Untargeted => predicted.ne_tensor(objective),
+        Goal::Targeted(_) => predicted.eq_tensor(objective),
     }
 }

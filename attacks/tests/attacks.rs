@@ -162,3 +162,40 @@ fn bad_parameters_are_errors_not_panics() {
     let err = DeepFool::new(5, 0.02).unwrap().perturb(&model, &x, &y, &Goal::Targeted(y.shallow_clone())).unwrap_err();
     assert_eq!(err, AttackError::TargetedUnsupported("deepfool"));
 }
+
+#[test]
+fn early_stop_keeps_each_image_at_its_first_success() {
+    let model = Linear::new(7);
+    let (x, _) = batch(8, 64);
+    // Label every image with its predicted class, so that all start correctly classified.
+    let y = model.logits(&x).argmax(1, false);
+    let (eps, steps, step) = (0.5, 20, 0.01);
+    let full = Iterative::new(IterativeKind::Bim, eps, steps, step, false, 0).unwrap();
+    let early = full.clone().with_early_stop(true);
+    let adv_full = full.perturb(&model, &x, &y, &Goal::Untargeted).unwrap();
+    let adv_early = early.perturb(&model, &x, &y, &Goal::Untargeted).unwrap();
+    let fooled_full = model.logits(&adv_full).argmax(1, false).ne_tensor(&y);
+    let fooled_early = model.logits(&adv_early).argmax(1, false).ne_tensor(&y);
+    // Without a random start, BIM's path is deterministic: early stop visits the same
+    // iterates and stops at the first that fools, so it fools the same images...
+    assert!(fooled_full.equal(&fooled_early));
+    let fooled = Vec::<bool>::try_from(fooled_early).unwrap();
+    assert!(fooled.iter().filter(|&&f| f).count() > 10, "the attack should fool a fair share");
+    // ...with perturbations no larger, and strictly smaller for some.
+    let (n_full, n_early) = (linf_norms(&(&adv_full - &x)), linf_norms(&(&adv_early - &x)));
+    let (n_full, n_early) = (Vec::<f32>::try_from(n_full).unwrap(), Vec::<f32>::try_from(n_early).unwrap());
+    for i in 0..fooled.len() {
+        if fooled[i] {
+            assert!(n_early[i] <= n_full[i] + 1e-6, "image {i}: {} > {}", n_early[i], n_full[i]);
+        }
+    }
+    assert!(n_early.iter().zip(&n_full).any(|(e, f)| e + 1e-4 < *f));
+    // Early-stopped examples sit just past the decision boundary: less confident ones.
+    let margin = |adv: &Tensor| {
+        let p = model.logits(adv).softmax(1, Kind::Float);
+        Vec::<f32>::try_from(p.amax([1i64].as_slice(), false)).unwrap()
+    };
+    let (conf_full, conf_early) = (margin(&adv_full), margin(&adv_early));
+    let mean = |v: &[f32]| v.iter().zip(&fooled).filter(|(_, &f)| f).map(|(c, _)| *c as f64).sum::<f64>();
+    assert!(mean(&conf_early) < mean(&conf_full), "early-stopped examples are less confident");
+}

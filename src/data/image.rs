@@ -37,41 +37,38 @@ pub fn read_images(paths: &[impl AsRef<Path>]) -> Result<Tensor> {
 /// ITU-R BT.601 luma weights; alpha is ignored. Images are not resized: a different size is
 /// an error, because silent resampling changes what the model sees.
 pub fn read_png(path: &Path) -> Result<Tensor> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let grey = decode_png(&bytes).map_err(|reason| image_error(path, reason))?;
+    let side = IMAGE_SIZE as i64;
+    Ok(Tensor::from_slice(&grey).view([1, 1, side, side]))
+}
+
+/// Decodes PNG bytes (the rules of [`read_png`]) into 28 x 28 grey values in [0, 1], or says
+/// why it cannot.
+pub fn decode_png(bytes: &[u8]) -> std::result::Result<Vec<f32>, String> {
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
     decoder.set_transformations(png::Transformations::EXPAND);
-    let mut reader =
-        decoder.read_info().map_err(|e| image_error(path, format!("not a readable PNG: {e}")))?;
+    let mut reader = decoder.read_info().map_err(|e| format!("not a readable PNG: {e}"))?;
     let mut buf = vec![0; reader.output_buffer_size()];
-    let info = reader
-        .next_frame(&mut buf)
-        .map_err(|e| image_error(path, format!("corrupted PNG data: {e}")))?;
+    let info = reader.next_frame(&mut buf).map_err(|e| format!("corrupted PNG data: {e}"))?;
     if info.bit_depth != png::BitDepth::Eight {
-        return Err(image_error(
-            path,
-            format!("{:?}-bit PNG; only 8-bit (or lower) images are supported", info.bit_depth),
-        ));
+        return Err(format!("{:?}-bit PNG; only 8-bit (or lower) images are supported", info.bit_depth));
     }
     if (info.width as usize, info.height as usize) != (IMAGE_SIZE, IMAGE_SIZE) {
-        return Err(image_error(
-            path,
-            format!(
-                "image is {}x{} pixels; the model expects {IMAGE_SIZE}x{IMAGE_SIZE} (resize it first)",
-                info.width, info.height
-            ),
+        return Err(format!(
+            "image is {}x{} pixels; the model expects {IMAGE_SIZE}x{IMAGE_SIZE} (resize it first)",
+            info.width, info.height
         ));
     }
     let bytes = &buf[..info.buffer_size()];
     let channels = info.color_type.samples();
-    let grey: Vec<f32> = bytes
+    Ok(bytes
         .chunks_exact(channels)
         .map(|px| match channels {
             1 | 2 => px[0] as f32,
             _ => 0.299 * px[0] as f32 + 0.587 * px[1] as f32 + 0.114 * px[2] as f32,
         } / 255.0)
-        .collect();
-    let side = IMAGE_SIZE as i64;
-    Ok(Tensor::from_slice(&grey).view([1, 1, side, side]))
+        .collect())
 }
 
 /// Reads an NPY array of float32, float64 (values in [0, 1]) or uint8 (values in [0, 255])
@@ -140,4 +137,11 @@ fn read_npy_values(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
         )),
         Err(e) => Err(open_error(e)),
     }
+}
+
+/// Reads a 1-D int64 NPY array (labels, indices of an attack set) as a tensor.
+pub fn read_npy_i64(path: &Path) -> Result<Tensor> {
+    let array = ndarray_npy::read_npy::<_, ndarray::Array1<i64>>(path)
+        .map_err(|e| image_error(path, format!("not a 1-D int64 NPY array: {e}")))?;
+    Ok(Tensor::from_slice(array.as_slice().expect("standard layout")))
 }

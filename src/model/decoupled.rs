@@ -26,6 +26,12 @@ pub struct ForwardOutput {
     pub pooled_outputs: Vec<Tensor>,
     /// Mutual-information head logits of each gated layer `[N, classes]`.
     pub mi_logits: Vec<Tensor>,
+    /// Controlling-module outputs before thresholding, `[N, C_l]` per gated layer: how
+    /// firmly each gate is open (> 0) or closed (< 0).
+    pub gate_logits: Vec<Tensor>,
+    /// Penultimate features: the global-average-pooled output of the last conv layer
+    /// `[N, C_last]`, the classifier's input.
+    pub penultimate: Tensor,
 }
 
 impl ForwardOutput {
@@ -100,11 +106,14 @@ impl DecoupledCnn {
         let mut gates = Vec::new();
         let mut pooled_outputs = Vec::new();
         let mut mi_logits = Vec::new();
+        let mut gate_logits = Vec::new();
         for block in &self.blocks {
             let out = h.apply(&block.conv).apply_t(&block.bn, train).relu();
             h = match &block.control {
                 Some(control) => {
-                    let z = gates_from_logits(&control.gate_logits(&h), mode);
+                    let logits = control.gate_logits(&h);
+                    let z = gates_from_logits(&logits, mode);
+                    gate_logits.push(logits);
                     pooled_outputs.push(out.mean_dim([2i64, 3].as_slice(), false, Kind::Float));
                     mi_logits.push(control.mi_logits(&z));
                     let (n, c) = (z.size()[0], z.size()[1]);
@@ -118,9 +127,9 @@ impl DecoupledCnn {
                 h = h.max_pool2d_default(2);
             }
         }
-        let features = h.mean_dim([2i64, 3].as_slice(), false, Kind::Float);
-        let logits = features.apply(&self.classifier);
-        ForwardOutput { logits, gates, pooled_outputs, mi_logits }
+        let penultimate = h.mean_dim([2i64, 3].as_slice(), false, Kind::Float);
+        let logits = penultimate.apply(&self.classifier);
+        ForwardOutput { logits, gates, pooled_outputs, mi_logits, gate_logits, penultimate }
     }
 
     /// Eval-mode forward without gradients: `(logits, path)` with path `[N, total_gates]`.

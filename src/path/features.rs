@@ -11,7 +11,13 @@
 //!    as the network, else 0;
 //! 6. `mi_prob`: the layer head's softmax probability of the network's predicted class;
 //!
-//! and one last column, `max_softmax`: the network's top class probability.
+//! and three last columns from the class scores: `max_softmax`, the network's top class
+//! probability; `logit_margin`, top logit minus runner-up logit; `entropy` of the softmax
+//! (nats). Over-confident attacks (PGD) and minimal ones that stop at the boundary (C&W,
+//! DeepFool) sit at opposite ends of these.
+//!
+//! A detector may also take the raw path bits (one 0/1 column per gate, layer by layer)
+//! after these columns: [`FeatureSpec::path_bits`].
 
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
@@ -27,27 +33,84 @@ pub const FEATURE_KINDS: [&str; 6] = ["open", "hamming", "jaccard", "nll", "mi_a
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FeatureSpec {
     pub layers: usize,
+    /// Names of the path-statistics columns.
     pub names: Vec<String>,
+    /// Number of raw path-bit columns after them (0: none).
+    #[serde(default)]
+    pub path_bits: usize,
+    /// Number of gate-logit columns after those (0: none): the controlling modules' outputs
+    /// before thresholding, i.e. how firmly each gate of the path is open or closed.
+    #[serde(default)]
+    pub gate_logits: usize,
 }
 
+/// The columns after the per-layer blocks.
+pub const OUTPUT_FEATURES: [&str; 3] = ["max_softmax", "logit_margin", "entropy"];
+
 impl FeatureSpec {
+    /// Path statistics only.
     pub fn for_layers(layers: usize) -> Self {
         let mut names: Vec<String> =
             FEATURE_KINDS.iter().flat_map(|k| (0..layers).map(move |l| format!("{k}[{l}]"))).collect();
-        names.push("max_softmax".into());
-        FeatureSpec { layers, names }
+        names.extend(OUTPUT_FEATURES.iter().map(|n| n.to_string()));
+        FeatureSpec { layers, names, path_bits: 0, gate_logits: 0 }
     }
 
+    /// Path statistics followed by the `total_gates` path bits.
+    pub fn with_path_bits(mut self, total_gates: usize) -> Self {
+        self.path_bits = total_gates;
+        self
+    }
+
+    /// Followed by the `total_gates` gate logits.
+    pub fn with_gate_logits(mut self, total_gates: usize) -> Self {
+        self.gate_logits = total_gates;
+        self
+    }
+
+    /// Columns of a feature row.
     pub fn len(&self) -> usize {
-        self.names.len()
+        self.names.len() + self.path_bits + self.gate_logits
     }
 
     pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
+        self.len() == 0
+    }
+
+    /// Name of column `j` ("open[0]", ..., "bit 17 of layer 2").
+    pub fn column_name(&self, j: usize, layer_sizes: &[usize]) -> String {
+        if j < self.names.len() {
+            return self.names[j].clone();
+        }
+        let (mut k, kind) = if j < self.names.len() + self.path_bits {
+            (j - self.names.len(), "bit")
+        } else {
+            (j - self.names.len() - self.path_bits, "gate logit")
+        };
+        for (layer, &size) in layer_sizes.iter().enumerate() {
+            if k < size {
+                return format!("{kind} {k} of layer {layer}");
+            }
+            k -= size;
+        }
+        format!("column {j}")
+    }
+
+    /// Feature rows of an eval-mode forward pass.
+    pub fn rows(&self, out: &ForwardOutput, templates: &PathTemplates) -> Array2<f64> {
+        let mut blocks = vec![path_features(out, templates)];
+        if self.path_bits > 0 {
+            blocks.push(to_ndarray(&out.path()));
+        }
+        if self.gate_logits > 0 {
+            blocks.push(to_ndarray(&Tensor::cat(&out.gate_logits, 1)));
+        }
+        let views: Vec<_> = blocks.iter().map(|b| b.view()).collect();
+        ndarray::concatenate(ndarray::Axis(1), &views).expect("rows of one forward pass")
     }
 }
 
-/// Features `[N, 6L + 1]` (f64, ndarray) of an eval-mode forward pass, against `templates`.
+/// Path statistics `[N, 6L + 3]` (f64, ndarray) of an eval-mode forward pass, against `templates`.
 pub fn path_features(out: &ForwardOutput, templates: &PathTemplates) -> Array2<f64> {
     let device = out.logits.device();
     let probs = out.logits.softmax(1, Kind::Float);
@@ -73,6 +136,10 @@ pub fn path_features(out: &ForwardOutput, templates: &PathTemplates) -> Array2<f
     }
     let mut columns: Vec<Tensor> = blocks.into_iter().flatten().collect();
     columns.push(probs.amax([1i64].as_slice(), false));
+    let top2 = out.logits.to_kind(Kind::Float).topk(2.min(out.logits.size()[1]), 1, true, true).0;
+    columns.push(top2.select(1, 0) - top2.select(1, top2.size()[1] - 1));
+    let log_probs = out.logits.log_softmax(1, Kind::Float);
+    columns.push((&probs * &log_probs).sum_dim_intlist([1i64].as_slice(), false, Kind::Float).neg());
     to_ndarray(&Tensor::stack(&columns, 1))
 }
 
@@ -102,15 +169,17 @@ mod tests {
                 Tensor::from_slice(&[1.0f32, 0.0, 0.0]).view([1, 3]),
             ],
             pooled_outputs: vec![],
+            gate_logits: vec![],
+            penultimate: Tensor::zeros([1, 1], (Kind::Float, tch::Device::Cpu)),
             mi_logits: vec![
                 Tensor::from_slice(&[0.0f32, 1.0]).view([1, 2]),
                 Tensor::from_slice(&[1.0f32, 0.0]).view([1, 2]),
             ],
         };
         let f = path_features(&out, &templates);
-        assert_eq!(f.shape(), &[1, 13]);
+        assert_eq!(f.shape(), &[1, 15]);
         let spec = FeatureSpec::for_layers(2);
-        assert_eq!(spec.len(), 13);
+        assert_eq!(spec.len(), 15);
         let get = |name: &str| f[[0, spec.names.iter().position(|n| n == name).unwrap()]];
         assert!((get("open[0]") - 1.0).abs() < 1e-6);
         assert!((get("open[1]") - 1.0 / 3.0).abs() < 1e-6);
@@ -126,5 +195,13 @@ mod tests {
         assert!((get("mi_prob[0]") - p).abs() < 1e-6);
         let top = 1.0 / (1.0 + (-2f64).exp());
         assert!((get("max_softmax") - top).abs() < 1e-6);
+        assert!((get("logit_margin") - 2.0).abs() < 1e-6);
+        let entropy = -(top * top.ln() + (1.0 - top) * (1.0 - top).ln());
+        assert!((get("entropy") - entropy).abs() < 1e-5);
+        let with_bits = spec.clone().with_path_bits(5);
+        let rows = with_bits.rows(&out, &templates);
+        assert_eq!(rows.shape(), &[1, 20]);
+        assert_eq!(rows.row(0).iter().skip(15).copied().collect::<Vec<_>>(), vec![1.0, 1.0, 1.0, 0.0, 0.0]);
+        assert_eq!(with_bits.column_name(17, &[2, 3]), "bit 0 of layer 1");
     }
 }

@@ -1,0 +1,175 @@
+//! Labelled material for fitting and judging detectors: the clean images a model classifies
+//! correctly and, per attack, the adversarial images made from them that fool it.
+
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::attack_set::{run_attack, AttackParams, GateGradient};
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::model::DecoupledCnn;
+use crate::path::PathTemplates;
+use crate::representations::Representations;
+
+/// One attack's contribution: the adversarial examples proper (the clean image was classified
+/// correctly and the attacked one is not).
+#[derive(Debug, Clone)]
+pub struct AttackBlock {
+    /// e.g. "pgd eps 0.1 (40 steps)".
+    pub name: String,
+    /// Correctly classified clean images that were attacked.
+    pub attempted: usize,
+    pub fooled: Representations,
+    pub seconds: f64,
+}
+
+impl AttackBlock {
+    pub fn success_rate(&self) -> f64 {
+        self.fooled.len() as f64 / self.attempted.max(1) as f64
+    }
+}
+
+/// An attack and how many of the images (from the first) it runs on.
+#[derive(Debug, Clone)]
+pub struct PlannedAttack {
+    pub params: AttackParams,
+    /// `None`: every image.
+    pub max_images: Option<usize>,
+}
+
+/// Clean rows and attack blocks of one set of images.
+#[derive(Debug, Clone)]
+pub struct AttackMaterial {
+    /// Representations of every image, in order.
+    pub all_clean: Representations,
+    /// Which images the model classifies correctly.
+    pub correct: Vec<bool>,
+    pub attacks: Vec<AttackBlock>,
+}
+
+pub struct MaterialOptions {
+    pub gates: GateGradient,
+    pub batch_size: usize,
+    pub show_progress: bool,
+}
+
+impl AttackMaterial {
+    /// Forwards the clean images of `data` once and runs every planned attack on them.
+    pub fn build(
+        model: &DecoupledCnn,
+        device: Device,
+        data: &Dataset,
+        templates: &PathTemplates,
+        attacks: &[PlannedAttack],
+        options: &MaterialOptions,
+    ) -> Result<Self> {
+        let all_clean = Representations::compute(model, device, &data.images, templates, options.batch_size)?;
+        let labels = Vec::<i64>::try_from(data.labels.to_kind(Kind::Int64))?;
+        let correct: Vec<bool> = all_clean.predictions.iter().zip(&labels).map(|(p, l)| p == l).collect();
+        let mut material = AttackMaterial { all_clean, correct, attacks: Vec::new() };
+        for planned in attacks {
+            let n = planned.max_images.unwrap_or(data.len()).min(data.len());
+            let subset = data.take(n);
+            let indices = Tensor::arange(n as i64, (Kind::Int64, Device::Cpu));
+            let outcome = run_attack(
+                model,
+                device,
+                &subset,
+                &indices,
+                &planned.params,
+                options.gates,
+                options.batch_size,
+                options.show_progress,
+            )?;
+            let reps = Representations::compute(model, device, &outcome.adversarial, templates, options.batch_size)?;
+            let block = material.block(describe_attack(&planned.params), &reps, &labels[..n], outcome.stats.seconds);
+            material.attacks.push(block);
+        }
+        Ok(material)
+    }
+
+    /// Adds the attack set in `dir` (written by `pathguard attack` on these same images, from
+    /// the first): its images must be the attacked versions of the first images of this set.
+    pub fn add_attack_set(
+        &mut self,
+        model: &DecoupledCnn,
+        device: Device,
+        dir: &Path,
+        templates: &PathTemplates,
+        batch_size: usize,
+    ) -> Result<()> {
+        let images = crate::attack_set::read_attack_images(dir)?;
+        let labels = Vec::<i64>::try_from(crate::data::image::read_npy_i64(&dir.join("labels.npy"))?)?;
+        let indices = Vec::<i64>::try_from(crate::data::image::read_npy_i64(&dir.join("indices.npy"))?)?;
+        if labels.len() != images.size()[0] as usize || indices.len() != labels.len() {
+            return Err(Error::InvalidInput(format!(
+                "attack set {}: {} images, {} labels, {} indices",
+                dir.display(),
+                images.size()[0],
+                labels.len(),
+                indices.len()
+            )));
+        }
+        if let Some((i, &index)) = indices.iter().enumerate().find(|(i, &index)| index != *i as i64) {
+            return Err(Error::InvalidInput(format!(
+                "attack set {}: image {i} has index {index}; evaluate needs a set made from the first test images in order (pathguard attack --split test --limit N)",
+                dir.display()
+            )));
+        }
+        if labels.len() > self.all_clean.len() {
+            return Err(Error::InvalidInput(format!(
+                "attack set {} has {} images, more than the {} evaluated clean images; raise --limit or attack fewer",
+                dir.display(),
+                labels.len(),
+                self.all_clean.len()
+            )));
+        }
+        let reps = Representations::compute(model, device, &images, templates, batch_size)?;
+        let name = format!("attack set {}", dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        let block = self.block(name, &reps, &labels, 0.0);
+        self.attacks.push(block);
+        Ok(())
+    }
+
+    fn block(&self, name: String, adversarial: &Representations, labels: &[i64], seconds: f64) -> AttackBlock {
+        let attacked: Vec<usize> = (0..labels.len()).filter(|&i| self.correct[i]).collect();
+        let fooled: Vec<usize> =
+            attacked.iter().copied().filter(|&i| adversarial.predictions[i] != labels[i]).collect();
+        AttackBlock { name, attempted: attacked.len(), fooled: adversarial.select(&fooled), seconds }
+    }
+
+    /// The correctly classified clean images.
+    pub fn clean(&self) -> Representations {
+        let rows: Vec<usize> = (0..self.correct.len()).filter(|&i| self.correct[i]).collect();
+        self.all_clean.select(&rows)
+    }
+
+    /// The blocks whose name starts with `prefix` ("" for all), as one.
+    pub fn adversarial(&self, prefix: &str) -> Option<Representations> {
+        let parts: Vec<&Representations> =
+            self.attacks.iter().filter(|b| b.name.starts_with(prefix)).map(|b| &b.fooled).collect();
+        Representations::concat(&parts)
+    }
+}
+
+/// "pgd eps 0.1 (40 steps)"-style description of an attack.
+pub fn describe_attack(p: &AttackParams) -> String {
+    let p = p.resolved();
+    match p.method.as_str() {
+        "cw" => format!(
+            "cw kappa {} ({} steps x {} searches)",
+            p.confidence.unwrap_or(0.0),
+            p.steps.unwrap_or(0),
+            p.search_steps.unwrap_or(0)
+        ),
+        "deepfool" => format!("deepfool overshoot {}", p.overshoot.unwrap_or(0.0)),
+        _ => {
+            let stop = if p.early_stop { ", early stop" } else { "" };
+            match p.steps {
+                Some(s) if s > 1 => format!("{} eps {} ({} steps{stop})", p.method, p.eps, s),
+                _ => format!("{} eps {}", p.method, p.eps),
+            }
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! Subcommands of the `pathguard` binary that live outside main.rs (the binary's modules, not
+//! the library's).
+
+pub mod service;

@@ -1,0 +1,299 @@
+//! `pathguard serve`, `pathguard screen` and `pathguard load-test`.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use pathguard::device::parse_device;
+use pathguard::service::client::{collect_inputs, request_for, Backend, Record};
+use pathguard::service::grpc::ScreeningService;
+use pathguard::service::limits::Limits;
+use pathguard::service::metrics::Metrics;
+use pathguard::service::server::{serve, ServeOptions};
+use pathguard::service::worker::Workers;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Checkpoint directory with detector.json
+    #[arg(long, default_value = "models/default")]
+    model: PathBuf,
+    /// Address to listen on (loopback by default; port 0 picks a free one)
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    addr: SocketAddr,
+    /// auto (GPU if CUDA works), cpu, cuda or cuda:N
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Images per forward pass (requests from different clients are batched together)
+    #[arg(long, default_value_t = Limits::default().max_batch)]
+    max_batch: usize,
+    /// How long the worker waits for more requests to fill a batch (ms)
+    #[arg(long, default_value_t = Limits::default().max_delay_ms)]
+    max_delay_ms: u64,
+    /// Requests that may wait for the worker; beyond it the server answers RESOURCE_EXHAUSTED
+    #[arg(long, default_value_t = Limits::default().queue_capacity)]
+    queue: usize,
+    /// Images per request
+    #[arg(long, default_value_t = Limits::default().max_images_per_request)]
+    max_request_images: usize,
+    /// Prometheus metrics over HTTP (GET /metrics); "off" disables
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    metrics_addr: String,
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+pub fn run_serve(args: ServeArgs) -> Result<()> {
+    init_logging(args.log_format);
+    let metrics_addr = match args.metrics_addr.as_str() {
+        "off" | "" => None,
+        addr => Some(addr.parse::<SocketAddr>().with_context(|| format!("--metrics-addr {addr:?}"))?),
+    };
+    if args.max_batch == 0 || args.queue == 0 || args.max_request_images == 0 {
+        bail!("--max-batch, --queue and --max-request-images must be at least 1");
+    }
+    let limits = Limits {
+        max_batch: args.max_batch,
+        max_delay_ms: args.max_delay_ms,
+        queue_capacity: args.queue,
+        max_images_per_request: args.max_request_images,
+        ..Limits::default()
+    };
+    let options = ServeOptions { model: args.model, addr: args.addr, device: parse_device(&args.device)?, limits, metrics_addr };
+    runtime()?.block_on(serve(options))?;
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum OutputFormat {
+    Jsonl,
+    Csv,
+}
+
+#[derive(Args)]
+pub struct ScreenArgs {
+    /// PNG files, NPY arrays, or directories searched recursively for both
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Server URL, e.g. http://127.0.0.1:50051; without it, screens in process
+    #[arg(long)]
+    server: Option<String>,
+    /// Model directory for in-process screening
+    #[arg(long, default_value = "models/default")]
+    model: PathBuf,
+    /// Device for in-process screening
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Images per request
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Flag threshold instead of the detector's own
+    #[arg(long)]
+    threshold: Option<f32>,
+    /// Output file (written atomically); default: standard output
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "jsonl")]
+    format: OutputFormat,
+    /// Exit with status 2 when any image is flagged
+    #[arg(long)]
+    fail_on_flag: bool,
+}
+
+/// Runs `pathguard screen`; returns whether any image was flagged.
+pub fn run_screen(args: ScreenArgs) -> Result<bool> {
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let inputs = collect_inputs(&args.paths)?;
+    let requests = inputs
+        .chunks(args.batch_size)
+        .map(|chunk| request_for(chunk, args.threshold, false))
+        .collect::<pathguard::Result<Vec<_>>>()?;
+    let bar = pathguard::progress::bar(inputs.len() as u64, "screening");
+    let mut records = Vec::with_capacity(inputs.len());
+    runtime()?.block_on(async {
+        let mut backend = match &args.server {
+            Some(url) => Backend::connect(url, Limits::default().max_message_bytes).await?,
+            None => {
+                let device = parse_device(&args.device)?;
+                let metrics = Arc::new(Metrics::new());
+                let model = args.model.clone();
+                let workers = tokio::task::spawn_blocking(move || Workers::start(&model, device, Limits::default(), metrics.clone()))
+                    .await
+                    .context("loading the model")??;
+                let cell = tokio::sync::OnceCell::new_with(Some(Arc::new(workers)));
+                Backend::InProcess(ScreeningService { workers: Arc::new(cell), metrics: Arc::new(Metrics::new()) })
+            }
+        };
+        backend
+            .screen_all(requests, |response| {
+                let batch = Record::from_response(&response);
+                bar.inc(batch.len() as u64);
+                records.extend(batch);
+                Ok(())
+            })
+            .await?;
+        anyhow::Ok(())
+    })?;
+    bar.finish_and_clear();
+
+    let mut text = String::new();
+    match args.format {
+        OutputFormat::Jsonl => {
+            for r in &records {
+                text.push_str(&serde_json::to_string(r).expect("record serialises"));
+                text.push('\n');
+            }
+        }
+        OutputFormat::Csv => {
+            text.push_str(Record::CSV_HEADER);
+            text.push('\n');
+            for r in &records {
+                text.push_str(&r.csv_row());
+                text.push('\n');
+            }
+        }
+    }
+    match &args.out {
+        Some(path) => pathguard::model::checkpoint::write_atomic(path, text.as_bytes())?,
+        None => std::io::stdout().write_all(text.as_bytes())?,
+    }
+    let flagged = records.iter().filter(|r| r.flagged).count();
+    let mut per_class: BTreeMap<(i32, String), (usize, usize)> = BTreeMap::new();
+    for r in &records {
+        let entry = per_class.entry((r.predicted_class, r.predicted_name.clone())).or_default();
+        entry.0 += 1;
+        entry.1 += r.flagged as usize;
+    }
+    eprintln!(
+        "screened {} images: {flagged} flagged ({:.1}%)",
+        records.len(),
+        100.0 * flagged as f64 / records.len().max(1) as f64
+    );
+    for ((class, name), (count, flagged)) in &per_class {
+        eprintln!("  {class} {name:<12} {count:>6} images, {flagged:>6} flagged");
+    }
+    if let Some(path) = &args.out {
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(args.fail_on_flag && flagged > 0)
+}
+
+#[derive(Args)]
+pub struct LoadTestArgs {
+    /// Server URL
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    server: String,
+    /// Concurrent clients (each its own connection)
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Requests in total
+    #[arg(long, default_value_t = 400)]
+    requests: usize,
+    /// Images per request (test images, the first N)
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Directory with the Fashion-MNIST IDX files
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+pub fn run_load_test(args: LoadTestArgs) -> Result<()> {
+    use pathguard::service::proto::screening_client::ScreeningClient;
+    use pathguard::service::proto::{images::Source, DataType, Images, ScreenRequest, Tensor};
+    if args.concurrency == 0 || args.requests == 0 || args.batch_size == 0 {
+        bail!("--concurrency, --requests and --batch-size must be at least 1");
+    }
+    let dir = args.data.clone().unwrap_or_else(pathguard::data::fashion_mnist::default_dir);
+    let test = pathguard::data::fashion_mnist::load(&dir, pathguard::data::Split::Test)?.take(args.batch_size);
+    let data = pathguard::service::input::float32_bytes(&test.images);
+    let request = ScreenRequest {
+        images: Some(Images {
+            source: Some(Source::Tensor(Tensor {
+                dtype: DataType::Float32 as i32,
+                shape: vec![args.batch_size as i64, 1, 28, 28],
+                data,
+            })),
+        }),
+        ..Default::default()
+    };
+    let runtime = runtime()?;
+    let (latencies, errors, seconds) = runtime.block_on(async {
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..args.concurrency {
+            let (server, request, next, total) = (args.server.clone(), request.clone(), next.clone(), args.requests);
+            tasks.push(tokio::spawn(async move {
+                let mut client = ScreeningClient::connect(server).await?.max_decoding_message_size(64 << 20);
+                let (mut latencies, mut errors) = (Vec::new(), BTreeMap::<String, usize>::new());
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
+                    let t = Instant::now();
+                    match client.screen(request.clone()).await {
+                        Ok(_) => latencies.push(t.elapsed()),
+                        Err(s) => *errors.entry(format!("{:?}", s.code())).or_default() += 1,
+                    }
+                }
+                anyhow::Ok((latencies, errors))
+            }));
+        }
+        let (mut latencies, mut errors) = (Vec::new(), BTreeMap::<String, usize>::new());
+        for task in tasks {
+            let (l, e) = task.await??;
+            latencies.extend(l);
+            for (code, n) in e {
+                *errors.entry(code).or_default() += n;
+            }
+        }
+        anyhow::Ok((latencies, errors, started.elapsed().as_secs_f64()))
+    })?;
+    let mut sorted: Vec<Duration> = latencies.clone();
+    sorted.sort();
+    let pct = |p: f64| sorted.get(((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1)).copied().unwrap_or_default();
+    let ok = latencies.len();
+    println!(
+        "{} clients, {} requests of {} images: {ok} ok in {seconds:.2} s -> {:.0} images/s, {:.1} requests/s",
+        args.concurrency,
+        args.requests,
+        args.batch_size,
+        (ok * args.batch_size) as f64 / seconds,
+        ok as f64 / seconds
+    );
+    println!(
+        "latency p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms",
+        pct(0.50).as_secs_f64() * 1e3,
+        pct(0.95).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3
+    );
+    if errors.is_empty() {
+        println!("errors: none");
+    } else {
+        println!("errors: {errors:?}");
+    }
+    Ok(())
+}

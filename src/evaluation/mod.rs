@@ -1,0 +1,199 @@
+//! `pathguard evaluate`: every detector (ours and the baselines) fitted on the same attacked
+//! training images and judged on the same attacked test images, including attacks none of
+//! them saw, plus a cross-attack matrix; see [`report`].
+
+pub mod report;
+pub mod roc_plot;
+pub mod suite;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use ndarray::Array1;
+use tch::Device;
+
+use crate::attack_material::{describe_attack, AttackMaterial, MaterialOptions, PlannedAttack};
+use crate::attack_set::{AttackParams, GateGradient};
+use crate::data::Dataset;
+use crate::detector::PathDetector;
+use crate::error::{Error, Result};
+use crate::model::DecoupledCnn;
+use crate::path::PathTemplates;
+pub use report::{AttackSummary, CrossAttackResult, DetectionResult, EvaluationReport, REPORT_FILES};
+use suite::{DetectorSuite, View, ViewDetector, OURS, RAW_ACTIVATIONS};
+
+/// Settings of one evaluation.
+#[derive(Debug, Clone)]
+pub struct EvaluateOptions {
+    /// Attacks the detectors are fitted on, also tested ("seen").
+    pub seen: Vec<PlannedAttack>,
+    /// Attacks only tested ("unseen").
+    pub unseen: Vec<PlannedAttack>,
+    /// Attack-set directories (made from the first test images) tested as unseen attacks.
+    pub attack_sets: Vec<PathBuf>,
+    /// Name prefix of the attack drawn in `roc.png`, e.g. "pgd eps 0.1".
+    pub roc_attack: String,
+    pub batch_size: usize,
+    pub gates: GateGradient,
+    pub show_progress: bool,
+    /// The command line, for the report.
+    pub command: String,
+}
+
+/// What the evaluation needs beyond the options.
+pub struct EvaluationInputs<'a> {
+    pub model: &'a DecoupledCnn,
+    pub model_hash: &'a str,
+    pub device: Device,
+    /// Templates of the path features (the shipped detector's, when there is one).
+    pub templates: &'a PathTemplates,
+    pub shipped: Option<PathDetector>,
+    pub train: &'a Dataset,
+    pub test: &'a Dataset,
+}
+
+/// The seen/unseen attack lists of the protocol: FGSM, PGD-40 and PGD-40 stopped at
+/// the first success (low-confidence examples) at each `eps` seen;
+/// BIM, MI-FGSM (eps 0.1), PGD-L2 (`l2_eps`), C&W-L2 and DeepFool unseen, the last two on
+/// at most `slow_limit` images.
+pub fn standard_attacks(eps: &[f64], pgd_steps: usize, l2_eps: f64, slow_limit: usize, seed: i64) -> (Vec<PlannedAttack>, Vec<PlannedAttack>) {
+    let plan = |params: AttackParams, max_images: Option<usize>| PlannedAttack { params: AttackParams { seed, ..params }, max_images };
+    let mut seen = Vec::new();
+    for &e in eps {
+        seen.push(plan(AttackParams::new("fgsm", e), None));
+    }
+    for &e in eps {
+        seen.push(plan(AttackParams { steps: Some(pgd_steps), random_start: true, ..AttackParams::new("pgd", e) }, None));
+    }
+    for &e in eps {
+        let params = AttackParams { steps: Some(pgd_steps), early_stop: true, ..AttackParams::new("pgd", e) };
+        seen.push(plan(params, None));
+    }
+    let unseen = vec![
+        plan(AttackParams::new("bim", 0.1), None),
+        plan(AttackParams::new("mifgsm", 0.1), None),
+        plan(AttackParams { random_start: true, ..AttackParams::new("pgd-l2", l2_eps) }, None),
+        plan(AttackParams::new("cw", 0.0), Some(slow_limit)),
+        plan(AttackParams::new("deepfool", 0.0), Some(slow_limit)),
+    ];
+    (seen, unseen)
+}
+
+fn metrics(detector: &str, attack: &str, clean: &Array1<f64>, adversarial: &Array1<f64>) -> Result<DetectionResult> {
+    let scores: Vec<f64> = clean.iter().chain(adversarial.iter()).copied().collect();
+    let labels: Vec<bool> = (0..scores.len()).map(|i| i >= clean.len()).collect();
+    let wrap = |e: detectors::DetectorError| Error::Config(format!("{detector} on {attack}: {e}"));
+    Ok(DetectionResult {
+        detector: detector.into(),
+        attack: attack.into(),
+        auroc: detectors::roc_auc(&scores, &labels).map_err(wrap)?,
+        tpr_at_5_fpr: detectors::tpr_at_fpr(&scores, &labels, 0.05).map_err(wrap)?,
+        clean: clean.len(),
+        adversarial: adversarial.len(),
+    })
+}
+
+/// Runs the evaluation; the caller writes the report with [`write_report`].
+pub fn evaluate(inputs: &EvaluationInputs, options: &EvaluateOptions) -> Result<(EvaluationReport, Vec<(String, f64, Vec<(f64, f64)>)>)> {
+    let started = Instant::now();
+    if options.seen.is_empty() {
+        return Err(Error::Config("evaluate needs at least one training (seen) attack".into()));
+    }
+    let material_options =
+        MaterialOptions { gates: options.gates, batch_size: options.batch_size, show_progress: options.show_progress };
+    let (model, device, templates) = (inputs.model, inputs.device, inputs.templates);
+
+    eprintln!("attacking {} training images", inputs.train.len());
+    let train = AttackMaterial::build(model, device, inputs.train, templates, &options.seen, &material_options)?;
+    let train_clean = train.clean();
+    let train_adversarial = train.adversarial("").expect("seen attacks exist");
+    if train_adversarial.is_empty() {
+        return Err(Error::Config("no training attack fooled the model; nothing to fit on".into()));
+    }
+    eprintln!("fitting detectors on {} clean and {} adversarial rows", train_clean.len(), train_adversarial.len());
+    let spec = crate::detector_fit::detector_spec(model);
+    let suite = DetectorSuite::fit(&train_clean, &train_adversarial, &spec, inputs.shipped.clone())?;
+    let mut families = Vec::new();
+    for (family, prefix) in [("FGSM only", "fgsm "), ("PGD only", "pgd eps")] {
+        if let Some(adv) = train.adversarial(prefix).filter(|a| !a.is_empty()) {
+            let ours = ViewDetector::fit(OURS, &train_clean, &adv, View::Path(spec.clone()))?;
+            let raw = ViewDetector::fit(RAW_ACTIVATIONS, &train_clean, &adv, View::Activations)?;
+            families.push((family, [(OURS, ours), (RAW_ACTIVATIONS, raw)]));
+        }
+    }
+
+    eprintln!("attacking {} test images", inputs.test.len());
+    let all: Vec<PlannedAttack> = options.seen.iter().chain(&options.unseen).cloned().collect();
+    let mut test = AttackMaterial::build(model, device, inputs.test, templates, &all, &material_options)?;
+    for dir in &options.attack_sets {
+        test.add_attack_set(model, device, dir, templates, options.batch_size)?;
+    }
+    let test_clean = test.clean();
+    let clean_scores = suite.score(&test_clean)?;
+    let seen_names: Vec<String> = options.seen.iter().map(|p| describe_attack(&p.params)).collect();
+
+    let mut report = EvaluationReport {
+        model_hash: inputs.model_hash.into(),
+        command: options.command.clone(),
+        test_images: inputs.test.len(),
+        clean_test_rows: test_clean.len(),
+        train_images: inputs.train.len(),
+        clean_train_rows: train_clean.len(),
+        adversarial_train_rows: train_adversarial.len(),
+        training_attacks: seen_names.clone(),
+        detectors: suite.names().iter().map(|s| s.to_string()).collect(),
+        attacks: Vec::new(),
+        results: Vec::new(),
+        cross_attack: Vec::new(),
+        roc_attack: String::new(),
+        seconds: 0.0,
+    };
+    let mut roc_curves = Vec::new();
+    for block in &test.attacks {
+        report.attacks.push(AttackSummary {
+            name: block.name.clone(),
+            seen: seen_names.contains(&block.name),
+            attempted: block.attempted,
+            fooled: block.fooled.len(),
+            success_rate: block.success_rate(),
+            seconds: block.seconds,
+        });
+        if block.fooled.is_empty() {
+            continue;
+        }
+        let adversarial_scores = suite.score(&block.fooled)?;
+        let draw = report.roc_attack.is_empty() && block.name.starts_with(&options.roc_attack);
+        for ((name, clean), (_, adversarial)) in clean_scores.iter().zip(&adversarial_scores) {
+            let result = metrics(name, &block.name, clean, adversarial)?;
+            if draw {
+                let scores: Vec<f64> = clean.iter().chain(adversarial.iter()).copied().collect();
+                let labels: Vec<bool> = (0..scores.len()).map(|i| i >= clean.len()).collect();
+                let curve = detectors::roc_curve(&scores, &labels).map_err(|e| Error::Config(e.to_string()))?;
+                roc_curves.push((name.to_string(), result.auroc, curve));
+            }
+            report.results.push(result);
+        }
+        if draw {
+            report.roc_attack = block.name.clone();
+        }
+        for (family, detectors) in &families {
+            for (name, detector) in detectors {
+                let result = metrics(name, &block.name, &detector.score(&test_clean)?, &detector.score(&block.fooled)?)?;
+                report.cross_attack.push(CrossAttackResult {
+                    fitted_on: family.to_string(),
+                    detector: name.to_string(),
+                    attack: block.name.clone(),
+                    auroc: result.auroc,
+                });
+            }
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok((report, roc_curves))
+}
+
+/// Writes `report.json`, `report.md` and `roc.png` into `out` atomically.
+pub fn write_report(out: &std::path::Path, report: &EvaluationReport, roc_curves: &[(String, f64, Vec<(f64, f64)>)]) -> Result<()> {
+    let title = format!("ROC, {}", report.roc_attack);
+    report.write(out, |png| roc_plot::draw_roc(png, &title, roc_curves))
+}

@@ -1,0 +1,110 @@
+//! Screening in process: the model and its detector, turning a batch of images into
+//! predictions, adversarial scores and path summaries. The server's workers and
+//! `pathguard screen` without `--server` both use this.
+
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::detector::{PathDetector, DETECTOR_FILE};
+use crate::error::{Error, Result};
+use crate::model::{Checkpoint, GateMode};
+
+/// What screening says about one image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Screened {
+    pub predicted_class: i64,
+    pub probabilities: Vec<f32>,
+    /// In [0, 1]; higher = more likely adversarial.
+    pub score: f64,
+    /// Per gated layer: fraction of filters switched on.
+    pub open_fraction: Vec<f32>,
+    /// Per gated layer: fraction of filters whose state differs from the predicted class's
+    /// template.
+    pub template_deviation: Vec<f32>,
+    /// The path, one byte per filter (0 or 1), gated layers in order.
+    pub path: Vec<u8>,
+}
+
+/// Packs 0/1 bytes, bit i in byte i / 8 at position i % 8 (least significant first).
+pub fn pack_bits(bits: &[u8]) -> Vec<u8> {
+    let mut packed = vec![0u8; bits.len().div_ceil(8)];
+    for (i, &b) in bits.iter().enumerate() {
+        if b != 0 {
+            packed[i / 8] |= 1 << (i % 8);
+        }
+    }
+    packed
+}
+
+/// A loaded model with its detector, on one device.
+#[derive(Debug)]
+pub struct Screener {
+    pub checkpoint: Checkpoint,
+    pub detector: PathDetector,
+    pub device: Device,
+}
+
+impl Screener {
+    /// Loads `dir` (model and its `detector.json`) onto `device`.
+    pub fn load(dir: &Path, device: Device) -> Result<Self> {
+        let checkpoint = Checkpoint::load(dir, device)?;
+        let detector_path = dir.join(DETECTOR_FILE);
+        if !detector_path.exists() {
+            return Err(Error::Checkpoint {
+                path: detector_path,
+                reason: "no detector beside the model; fit one with `pathguard fit-detector --model DIR`".into(),
+            });
+        }
+        let detector = PathDetector::load(&detector_path, checkpoint.model_hash())?;
+        Ok(Screener { checkpoint, detector, device })
+    }
+
+    pub fn class_names(&self) -> &[String] {
+        &self.checkpoint.meta.class_names
+    }
+
+    pub fn gate_sizes(&self) -> Vec<usize> {
+        self.checkpoint.model.config().gate_sizes().iter().map(|&s| s as usize).collect()
+    }
+
+    /// Screens `images` (`[N, 1, 28, 28]` float32 in [0, 1], any device) in one forward pass.
+    pub fn screen(&self, images: &Tensor) -> Result<Vec<Screened>> {
+        let model = &self.checkpoint.model;
+        let x = images.to_device(self.device);
+        model.check_input(&x)?;
+        let out = tch::no_grad(|| model.forward_with_path(&x, GateMode::Eval));
+        let rows = self.detector.features.rows(&out, &self.detector.templates);
+        let scores = detectors::Detector::score(&self.detector.classifier, rows.view())
+            .map_err(|e| Error::InvalidInput(format!("detector: {e}")))?;
+        let probabilities = out.logits.softmax(1, Kind::Float).to_device(Device::Cpu);
+        let predicted = Vec::<i64>::try_from(out.logits.argmax(1, false).to_device(Device::Cpu))?;
+        let path = Vec::<u8>::try_from(out.path().to_kind(Kind::Uint8).to_device(Device::Cpu).contiguous().view([-1]))?;
+        let bits = path.len() / predicted.len().max(1);
+        let layers = self.detector.features.layers;
+        // Columns 0..L of the features are the open fractions, L..2L the Hamming deviations.
+        let column = |i: usize, j: usize| rows[[i, j]] as f32;
+        Ok((0..predicted.len())
+            .map(|i| Screened {
+                predicted_class: predicted[i],
+                probabilities: Vec::<f32>::try_from(probabilities.get(i as i64)).unwrap_or_default(),
+                score: scores[i],
+                open_fraction: (0..layers).map(|l| column(i, l)).collect(),
+                template_deviation: (0..layers).map(|l| column(i, layers + l)).collect(),
+                path: path[i * bits..(i + 1) * bits].to_vec(),
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pack_bits;
+
+    #[test]
+    fn bits_pack_least_significant_first() {
+        assert_eq!(pack_bits(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 1]), vec![0b0000_0001, 0b0000_0010]);
+        assert_eq!(pack_bits(&[0, 1, 1]), vec![0b0000_0110]);
+        assert!(pack_bits(&[]).is_empty());
+    }
+}

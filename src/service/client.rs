@@ -1,0 +1,231 @@
+//! `pathguard screen`: screens PNG files, directories of them and NPY arrays, through a
+//! server (streaming) or in process with the same service code, and writes one record per
+//! image.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+use super::grpc::ScreeningService;
+use super::proto::screening_client::ScreeningClient;
+use super::proto::{images::Source, DataType, EncodedImages, Images, ScreenRequest, ScreenResponse, Tensor};
+use crate::error::{Error, Result};
+
+/// One image to screen.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub id: String,
+    pub payload: Payload,
+}
+
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// A PNG file's bytes, decoded by the server.
+    Png(Vec<u8>),
+    /// 784 grey values in [0, 1] (from an NPY array).
+    Pixels(Vec<f32>),
+}
+
+/// The inputs named by `paths`: PNG files, NPY arrays (one input per image, id `file#i`) and
+/// directories searched recursively for both, in sorted order.
+pub fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<Input>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            walk(path, &mut files)?;
+        } else if path.exists() {
+            files.push(path.clone());
+        } else {
+            return Err(Error::InvalidInput(format!("{}: no such file or directory", path.display())));
+        }
+    }
+    let mut inputs = Vec::new();
+    for file in files {
+        let ext = file.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+        match ext.as_deref() {
+            Some("png") => {
+                let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
+                inputs.push(Input { id: file.display().to_string(), payload: Payload::Png(bytes) });
+            }
+            Some("npy") => {
+                let images = crate::data::image::read_npy(&file)?;
+                let n = images.size()[0];
+                for i in 0..n {
+                    let pixels = Vec::<f32>::try_from(images.get(i).flatten(0, -1))?;
+                    let id = if n == 1 { file.display().to_string() } else { format!("{}#{i}", file.display()) };
+                    inputs.push(Input { id, payload: Payload::Pixels(pixels) });
+                }
+            }
+            _ => {
+                return Err(Error::InvalidInput(format!("{}: not a .png or .npy file", file.display())));
+            }
+        }
+    }
+    if inputs.is_empty() {
+        return Err(Error::InvalidInput("no .png or .npy images found in the given paths".into()));
+    }
+    Ok(inputs)
+}
+
+fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for entry in entries {
+        if entry.is_dir() {
+            walk(&entry, files)?;
+        } else if matches!(
+            entry.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref(),
+            Some("png" | "npy")
+        ) {
+            files.push(entry);
+        }
+    }
+    Ok(())
+}
+
+/// A request for `inputs`: encoded files when all are PNG, else a float32 tensor.
+pub fn request_for(inputs: &[Input], threshold: Option<f32>, return_path_bits: bool) -> Result<ScreenRequest> {
+    let source = if inputs.iter().all(|i| matches!(i.payload, Payload::Png(_))) {
+        let files = inputs
+            .iter()
+            .map(|i| match &i.payload {
+                Payload::Png(bytes) => bytes.clone(),
+                Payload::Pixels(_) => unreachable!("all PNG"),
+            })
+            .collect();
+        Source::Encoded(EncodedImages { files })
+    } else {
+        let mut data = Vec::with_capacity(inputs.len() * 784 * 4);
+        for input in inputs {
+            let pixels = match &input.payload {
+                Payload::Pixels(p) => p.clone(),
+                Payload::Png(bytes) => crate::data::image::decode_png(bytes)
+                    .map_err(|reason| Error::InvalidInput(format!("{}: {reason}", input.id)))?,
+            };
+            data.extend(pixels.iter().flat_map(|v| v.to_le_bytes()));
+        }
+        Source::Tensor(Tensor { dtype: DataType::Float32 as i32, shape: vec![inputs.len() as i64, 1, 28, 28], data })
+    };
+    Ok(ScreenRequest {
+        images: Some(Images { source: Some(source) }),
+        ids: inputs.iter().map(|i| i.id.clone()).collect(),
+        threshold,
+        return_path_bits,
+    })
+}
+
+/// Where requests go.
+pub enum Backend {
+    Remote(ScreeningClient<Channel>),
+    InProcess(ScreeningService),
+}
+
+impl Backend {
+    pub async fn connect(url: &str, max_message_bytes: usize) -> Result<Self> {
+        let client = ScreeningClient::connect(url.to_string())
+            .await
+            .map_err(|e| Error::Config(format!("cannot connect to {url}: {e}")))?
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes);
+        Ok(Backend::Remote(client))
+    }
+
+    /// Screens `requests` in order, calling `on_response` for each answer. Remote: one
+    /// `ScreenStream` call, at most a few requests in flight (flow control).
+    pub async fn screen_all(
+        &mut self,
+        requests: Vec<ScreenRequest>,
+        mut on_response: impl FnMut(ScreenResponse) -> Result<()>,
+    ) -> Result<()> {
+        let status = |s: tonic::Status| Error::InvalidInput(format!("server answered {:?}: {}", s.code(), s.message()));
+        match self {
+            Backend::InProcess(service) => {
+                for request in requests {
+                    on_response(service.screen_request(request, None).await.map_err(status)?)?;
+                }
+            }
+            Backend::Remote(client) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(4);
+                tokio::spawn(async move {
+                    for request in requests {
+                        if tx.send(request).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let mut responses = client
+                    .screen_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                while let Some(response) = responses.next().await {
+                    on_response(response.map_err(status)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One output record (a JSON line or a CSV row).
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    pub id: String,
+    pub predicted_class: i32,
+    pub predicted_name: String,
+    pub adversarial_score: f32,
+    pub flagged: bool,
+    pub threshold: f32,
+    pub probabilities: Vec<f32>,
+    pub open_fraction: Vec<f32>,
+    pub template_deviation: Vec<f32>,
+}
+
+impl Record {
+    pub fn from_response(response: &ScreenResponse) -> Vec<Record> {
+        response
+            .results
+            .iter()
+            .map(|r| {
+                let path = r.path.clone().unwrap_or_default();
+                Record {
+                    id: r.id.clone(),
+                    predicted_class: r.predicted_class,
+                    predicted_name: r.predicted_name.clone(),
+                    adversarial_score: r.adversarial_score,
+                    flagged: r.flagged,
+                    threshold: r.threshold,
+                    probabilities: r.probabilities.clone(),
+                    open_fraction: path.open_fraction,
+                    template_deviation: path.template_deviation,
+                }
+            })
+            .collect()
+    }
+
+    pub const CSV_HEADER: &'static str = "id,predicted_class,predicted_name,adversarial_score,flagged,threshold";
+
+    pub fn csv_row(&self) -> String {
+        let quote = |s: &str| {
+            if s.contains([',', '"', '\n']) {
+                format!("\"{}\"", s.replace('"', "\"\""))
+            } else {
+                s.to_string()
+            }
+        };
+        format!(
+            "{},{},{},{:.6},{},{:.6}",
+            quote(&self.id),
+            self.predicted_class,
+            quote(&self.predicted_name),
+            self.adversarial_score,
+            self.flagged,
+            self.threshold
+        )
+    }
+}

@@ -1,0 +1,262 @@
+//! `pathguard.v1.Screening`: validation, then the workers.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use super::deadline::deadline_of;
+use super::input::{decode_images, float32_bytes};
+use super::metrics::Metrics;
+use super::proto::screening_server::Screening;
+use super::proto::{
+    AttackRequest, AttackResponse, AttackedImage, DataType, GatedLayer, GetInfoRequest, GetInfoResponse, ImageResult,
+    Limits as LimitsMessage, PathSummary, ScreenRequest, ScreenResponse, Tensor as TensorMessage,
+};
+use super::worker::Workers;
+use crate::attack_set::{AttackParams, METHODS};
+use crate::screener::pack_bits;
+
+/// The service: shared by every connection. `workers` is empty until the model is loaded.
+#[derive(Clone)]
+pub struct ScreeningService {
+    pub workers: Arc<tokio::sync::OnceCell<Arc<Workers>>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl ScreeningService {
+    pub fn workers(&self) -> Result<&Arc<Workers>, Status> {
+        self.workers.get().ok_or_else(|| Status::unavailable("the model is still loading; see the health service"))
+    }
+
+    /// Screens one request: the whole of `Screen`, one message of `ScreenStream`, and the
+    /// in-process path of `pathguard screen`.
+    pub async fn screen_request(&self, request: ScreenRequest, deadline: Option<Instant>) -> Result<ScreenResponse, Status> {
+        let workers = self.workers()?;
+        let images = decode_images(request.images.as_ref(), "images", workers.limits.max_images_per_request)?;
+        let n = images.size()[0] as usize;
+        if !request.ids.is_empty() && request.ids.len() != n {
+            return Err(Status::invalid_argument(format!(
+                "ids: {} ids for {n} images; give none or one per image",
+                request.ids.len()
+            )));
+        }
+        if let Some(t) = request.threshold {
+            if !(0.0..=1.0).contains(&t) {
+                return Err(Status::invalid_argument(format!("threshold: {t} is not in [0, 1]")));
+            }
+        }
+        let threshold = request.threshold.map(f64::from).unwrap_or(workers.info.threshold);
+        let screened = workers.screen(images, deadline).await?;
+        let names = &workers.info.class_names;
+        let results: Vec<ImageResult> = screened
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let flagged = s.score >= threshold;
+                ImageResult {
+                    id: request.ids.get(i).cloned().unwrap_or_else(|| i.to_string()),
+                    predicted_class: s.predicted_class as i32,
+                    predicted_name: names.get(s.predicted_class as usize).cloned().unwrap_or_default(),
+                    probabilities: s.probabilities,
+                    adversarial_score: s.score as f32,
+                    flagged,
+                    threshold: threshold as f32,
+                    path: Some(PathSummary {
+                        open_fraction: s.open_fraction,
+                        template_deviation: s.template_deviation,
+                        packed_bits: if request.return_path_bits { pack_bits(&s.path) } else { Vec::new() },
+                        bit_count: s.path.len() as u32,
+                    }),
+                }
+            })
+            .collect();
+        self.metrics.images_screened.inc_by(results.len() as u64);
+        self.metrics.images_flagged.inc_by(results.iter().filter(|r| r.flagged).count() as u64);
+        Ok(ScreenResponse { results, model_hash: workers.info.model_hash.clone() })
+    }
+
+    async fn attack_request(&self, request: AttackRequest, deadline: Option<Instant>) -> Result<AttackResponse, Status> {
+        let workers = self.workers()?;
+        let limits = &workers.limits;
+        let images = decode_images(request.images.as_ref(), "images", limits.max_attack_images)?;
+        let n = images.size()[0] as usize;
+        let classes = workers.info.class_names.len() as i64;
+        let labels = if request.labels.is_empty() {
+            None
+        } else if request.labels.len() != n {
+            return Err(Status::invalid_argument(format!("labels: {} labels for {n} images", request.labels.len())));
+        } else if let Some((i, l)) = request.labels.iter().enumerate().find(|(_, l)| !(0..classes).contains(*l)) {
+            return Err(Status::invalid_argument(format!("labels[{i}]: {l} is not a class in 0..{classes}")));
+        } else {
+            Some(tch::Tensor::from_slice(&request.labels))
+        };
+        let params = attack_params(&request, classes, limits.max_attack_steps)?;
+        let started = Instant::now();
+        let result = workers.attack(images, labels, params, deadline).await?;
+        let results = (0..n)
+            .map(|i| AttackedImage {
+                label: result.labels[i],
+                clean_prediction: result.clean_predictions[i] as i32,
+                prediction: result.predictions[i] as i32,
+                success: result.success[i],
+                linf: result.linf[i],
+                l2: result.l2[i],
+            })
+            .collect();
+        Ok(AttackResponse {
+            adversarial: Some(TensorMessage {
+                dtype: DataType::Float32 as i32,
+                shape: result.adversarial.size(),
+                data: float32_bytes(&result.adversarial),
+            }),
+            results,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Runs `work`, recording the RPC's code and latency and logging it in the request's span.
+    async fn observed<T>(
+        &self,
+        rpc: &'static str,
+        work: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let started = Instant::now();
+        let span = tracing::info_span!("request", rpc);
+        async move {
+            let result = work.await;
+            let code = result.as_ref().map(|_| tonic::Code::Ok).unwrap_or_else(|s| s.code());
+            self.metrics.record(rpc, code, started.elapsed());
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            match &result {
+                Ok(_) => tracing::info!(code = ?code, ms, "done"),
+                Err(s) => tracing::warn!(code = ?code, ms, message = s.message(), "failed"),
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// Attack parameters of a request, validated against the server's limits.
+fn attack_params(r: &AttackRequest, classes: i64, max_steps: usize) -> Result<AttackParams, Status> {
+    if !METHODS.contains(&r.method.as_str()) {
+        return Err(Status::invalid_argument(format!(
+            "method: unknown attack {:?}; use one of {}",
+            r.method,
+            METHODS.join(", ")
+        )));
+    }
+    if let Some(t) = r.target_class {
+        if !(0..classes).contains(&(t as i64)) {
+            return Err(Status::invalid_argument(format!("target_class: {t} is not a class in 0..{classes}")));
+        }
+    }
+    let params = AttackParams {
+        steps: r.steps.map(|s| s as usize),
+        step_size: r.step_size.map(f64::from),
+        random_start: r.random_start,
+        seed: r.seed,
+        target_class: r.target_class.map(i64::from),
+        decay: r.decay.map(f64::from),
+        confidence: r.confidence.map(f64::from),
+        initial_const: r.initial_const.map(f64::from),
+        learning_rate: r.learning_rate.map(f64::from),
+        search_steps: r.search_steps.map(|s| s as usize),
+        overshoot: r.overshoot.map(f64::from),
+        early_stop: r.early_stop,
+        ..AttackParams::new(&r.method, f64::from(r.eps))
+    }
+    .resolved();
+    let iterations = params.steps.unwrap_or(1) * params.search_steps.unwrap_or(1).max(1);
+    if iterations > max_steps {
+        return Err(Status::invalid_argument(format!(
+            "steps: {iterations} iterations (steps x search_steps); this server allows at most {max_steps}"
+        )));
+    }
+    params.build().map_err(|e| Status::invalid_argument(format!("attack parameters: {e}")))?;
+    Ok(params)
+}
+
+type ScreenStreamOut = Pin<Box<dyn Stream<Item = Result<ScreenResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Screening for ScreeningService {
+    async fn screen(&self, request: Request<ScreenRequest>) -> Result<Response<ScreenResponse>, Status> {
+        let deadline = deadline_of(request.metadata());
+        let response = self.observed("Screen", self.screen_request(request.into_inner(), deadline)).await?;
+        Ok(Response::new(response))
+    }
+
+    type ScreenStreamStream = ScreenStreamOut;
+
+    async fn screen_stream(
+        &self,
+        request: Request<Streaming<ScreenRequest>>,
+    ) -> Result<Response<Self::ScreenStreamStream>, Status> {
+        let deadline = deadline_of(request.metadata());
+        let mut incoming = request.into_inner();
+        let service = self.clone();
+        // One message at a time, in order: the next request is read only after the previous
+        // answer was handed to the (bounded) response channel, so a slow reader slows the
+        // writer down (flow control end to end).
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            while let Some(message) = incoming.next().await {
+                let result = match message {
+                    Ok(request) => service.observed("ScreenStream", service.screen_request(request, deadline)).await,
+                    Err(status) => Err(status),
+                };
+                let failed = result.is_err();
+                if tx.send(result).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn generate_attack(&self, request: Request<AttackRequest>) -> Result<Response<AttackResponse>, Status> {
+        let deadline = deadline_of(request.metadata());
+        let response = self.observed("GenerateAttack", self.attack_request(request.into_inner(), deadline)).await?;
+        Ok(Response::new(response))
+    }
+
+    async fn get_info(&self, _request: Request<GetInfoRequest>) -> Result<Response<GetInfoResponse>, Status> {
+        self.observed("GetInfo", async {
+            let workers = self.workers()?;
+            let (info, limits) = (&workers.info, &workers.limits);
+            Ok(Response::new(GetInfoResponse {
+                model_hash: info.model_hash.clone(),
+                class_names: info.class_names.clone(),
+                input_shape: vec![1, 28, 28],
+                pixel_convention: "grey, float32 in [0, 1] (0 = black) or uint8 in [0, 255]; no normalisation".into(),
+                gated_layers: info
+                    .gate_sizes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &f)| GatedLayer { index: i as u32, filters: f as u32 })
+                    .collect(),
+                detector_kind: info.detector_kind.clone(),
+                threshold: info.threshold as f32,
+                detector_hash: info.detector_hash.clone(),
+                limits: Some(LimitsMessage {
+                    max_images_per_request: limits.max_images_per_request as u32,
+                    max_batch: limits.max_batch as u32,
+                    max_delay_ms: limits.max_delay_ms as u32,
+                    queue_capacity: limits.queue_capacity as u32,
+                    max_attack_images: limits.max_attack_images as u32,
+                    max_attack_steps: limits.max_attack_steps as u32,
+                    max_message_bytes: limits.max_message_bytes as u64,
+                }),
+                device: info.device.clone(),
+                version: env!("CARGO_PKG_VERSION").into(),
+            }))
+        })
+        .await
+    }
+}

@@ -1,0 +1,110 @@
+//! Validation of request images, in one place: every rule answers INVALID_ARGUMENT with a
+//! message naming the field and the problem.
+
+use tch::Tensor;
+use tonic::Status;
+
+use super::proto::{images::Source, DataType, Images};
+use crate::data::fashion_mnist::IMAGE_SIZE;
+use crate::data::image::decode_png;
+
+const PIXELS: usize = IMAGE_SIZE * IMAGE_SIZE;
+
+fn invalid(field: &str, problem: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {problem}"))
+}
+
+/// Decodes `images` into a `[N, 1, 28, 28]` float32 CPU tensor with 1 <= N <= `max_images`.
+pub fn decode_images(images: Option<&Images>, field: &str, max_images: usize) -> Result<Tensor, Status> {
+    let source = images
+        .and_then(|i| i.source.as_ref())
+        .ok_or_else(|| invalid(field, "missing; give a tensor or encoded image files"))?;
+    let (n, values) = match source {
+        Source::Tensor(t) => {
+            let field = format!("{field}.tensor");
+            let dtype = DataType::try_from(t.dtype)
+                .map_err(|_| invalid(&format!("{field}.dtype"), format!("unknown value {}", t.dtype)))?;
+            let n = image_count(&t.shape, &format!("{field}.shape"), max_images)?;
+            let values = tensor_values(dtype, &t.data, n, &field)?;
+            (n, values)
+        }
+        Source::Encoded(e) => {
+            let field = format!("{field}.encoded.files");
+            check_count(e.files.len(), &field, max_images)?;
+            let mut values = Vec::with_capacity(e.files.len() * PIXELS);
+            for (i, file) in e.files.iter().enumerate() {
+                values.extend(decode_png(file).map_err(|problem| invalid(&format!("{field}[{i}]"), problem))?);
+            }
+            (e.files.len(), values)
+        }
+    };
+    let side = IMAGE_SIZE as i64;
+    Ok(Tensor::from_slice(&values).view([n as i64, 1, side, side]))
+}
+
+fn check_count(n: usize, field: &str, max_images: usize) -> Result<(), Status> {
+    if n == 0 {
+        return Err(invalid(field, "empty batch; send at least one image"));
+    }
+    if n > max_images {
+        return Err(invalid(field, format!("{n} images; the limit is {max_images} per request")));
+    }
+    Ok(())
+}
+
+/// N from a shape `[N, 1, 28, 28]` or `[N, 28, 28]`.
+fn image_count(shape: &[i64], field: &str, max_images: usize) -> Result<usize, Status> {
+    let side = IMAGE_SIZE as i64;
+    let n = match shape {
+        [n, 1, h, w] | [n, h, w] if (*h, *w) == (side, side) => *n,
+        _ => return Err(invalid(field, format!("{shape:?}; expected [N, 1, 28, 28] or [N, 28, 28]"))),
+    };
+    if n < 0 {
+        return Err(invalid(field, format!("{shape:?} has a negative size")));
+    }
+    check_count(n as usize, field, max_images)?;
+    Ok(n as usize)
+}
+
+fn tensor_values(dtype: DataType, data: &[u8], n: usize, field: &str) -> Result<Vec<f32>, Status> {
+    let count = n * PIXELS;
+    let width = match dtype {
+        DataType::Float32 => 4,
+        DataType::Uint8 => 1,
+        DataType::Unspecified => {
+            return Err(invalid(&format!("{field}.dtype"), "unspecified; use DATA_TYPE_FLOAT32 or DATA_TYPE_UINT8"))
+        }
+    };
+    if data.len() != count * width {
+        return Err(invalid(
+            &format!("{field}.data"),
+            format!("{} bytes, but shape and dtype need {} ({count} values of {width} byte(s))", data.len(), count * width),
+        ));
+    }
+    match dtype {
+        DataType::Uint8 => Ok(data.iter().map(|&v| v as f32 / 255.0).collect()),
+        _ => {
+            let values: Vec<f32> = data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            check_pixels(&values, &format!("{field}.data"))?;
+            Ok(values)
+        }
+    }
+}
+
+/// Float pixels must be finite and in [0, 1].
+pub fn check_pixels(values: &[f32], field: &str) -> Result<(), Status> {
+    if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(invalid(field, format!("value {v} at flat index {i}; pixels must be finite")));
+    }
+    if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !(0.0..=1.0).contains(*v)) {
+        return Err(invalid(field, format!("value {v} at flat index {i} is outside [0, 1] (float32 pixels are in [0, 1]; send uint8 for 0-255)")));
+    }
+    Ok(())
+}
+
+/// Float32 little-endian bytes of a tensor.
+pub fn float32_bytes(t: &Tensor) -> Vec<u8> {
+    let values = Vec::<f32>::try_from(t.to_kind(tch::Kind::Float).to_device(tch::Device::Cpu).contiguous().view([-1]))
+        .expect("float tensor");
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}

@@ -1,0 +1,130 @@
+//! Prometheus metrics, served as text on `GET /metrics` of the metrics address.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+
+/// Every metric the server keeps.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// By RPC and gRPC status code ("OK", "INVALID_ARGUMENT", ...).
+    pub requests: IntCounterVec,
+    pub latency: HistogramVec,
+    /// Time a request waited in the worker's queue, by worker ("screen", "attack").
+    pub queue_wait: HistogramVec,
+    /// Images per forward pass of the screening worker.
+    pub batch_size: prometheus::Histogram,
+    pub images_screened: IntCounter,
+    pub images_flagged: IntCounter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("pathguard_requests_total", "Requests by RPC and gRPC status code"),
+            &["rpc", "code"],
+        )
+        .expect("valid metric");
+        let latency = HistogramVec::new(
+            HistogramOpts::new("pathguard_request_duration_seconds", "Request latency by RPC")
+                .buckets(prometheus::exponential_buckets(0.0005, 2.0, 18).expect("valid buckets")),
+            &["rpc"],
+        )
+        .expect("valid metric");
+        let queue_wait = HistogramVec::new(
+            HistogramOpts::new("pathguard_queue_wait_seconds", "Time requests waited for a worker")
+                .buckets(prometheus::exponential_buckets(0.0001, 2.0, 18).expect("valid buckets")),
+            &["worker"],
+        )
+        .expect("valid metric");
+        let batch_size = prometheus::Histogram::with_opts(
+            HistogramOpts::new("pathguard_batch_size_images", "Images per forward pass of the screening worker")
+                .buckets(prometheus::exponential_buckets(1.0, 2.0, 11).expect("valid buckets")),
+        )
+        .expect("valid metric");
+        let images_screened = IntCounter::new("pathguard_images_screened_total", "Images screened").expect("valid metric");
+        let images_flagged =
+            IntCounter::new("pathguard_images_flagged_total", "Images flagged as adversarial").expect("valid metric");
+        for m in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(latency.clone()),
+            Box::new(queue_wait.clone()),
+            Box::new(batch_size.clone()),
+            Box::new(images_screened.clone()),
+            Box::new(images_flagged.clone()),
+        ] {
+            registry.register(m).expect("metric names are unique");
+        }
+        Metrics { registry, requests, latency, queue_wait, batch_size, images_screened, images_flagged }
+    }
+
+    /// Records one finished request.
+    pub fn record(&self, rpc: &str, code: tonic::Code, elapsed: Duration) {
+        self.requests.with_label_values(&[rpc, code_name(code)]).inc();
+        self.latency.with_label_values(&[rpc]).observe(elapsed.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buffer).expect("text encoding");
+        String::from_utf8(buffer).expect("prometheus text is UTF-8")
+    }
+}
+
+/// The canonical upper-case name of a gRPC code.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Serves `GET /metrics` on `addr` until `shutdown` resolves.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move {
+                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render())
+            }
+        }),
+    );
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+/// Binds the metrics listener (a clear error when the port is taken).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}

@@ -1,0 +1,22 @@
+//! The gRPC screening service: `pathguard.v1.Screening` plus the standard health and
+//! reflection services, Prometheus metrics, and the `pathguard screen` client.
+//!
+//! Handlers on the async runtime only validate and enqueue; the model lives on worker threads
+//! ([`worker`]) that batch requests from different clients together.
+
+pub mod client;
+pub mod deadline;
+pub mod grpc;
+pub mod input;
+pub mod limits;
+pub mod metrics;
+pub mod server;
+pub mod worker;
+
+/// Code generated from `proto/pathguard/v1/screening.proto`.
+pub mod proto {
+    tonic::include_proto!("pathguard.v1");
+
+    /// Descriptor set of our protos, served by reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("pathguard_descriptor");
+}

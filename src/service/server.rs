@@ -1,0 +1,153 @@
+//! `pathguard serve`: binds, serves Screening + health + reflection (+ metrics over HTTP),
+//! loads the model in the background (health says NOT_SERVING until it is ready), and shuts
+//! down gracefully on SIGINT/SIGTERM (health NOT_SERVING, in-flight requests finish, exit 0).
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tch::Device;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
+use tonic_health::ServingStatus;
+
+use super::grpc::ScreeningService;
+use super::limits::Limits;
+use super::metrics::{serve_metrics, Metrics};
+use super::proto::screening_server::ScreeningServer;
+use super::worker::Workers;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub model: PathBuf,
+    pub addr: SocketAddr,
+    pub device: Device,
+    pub limits: Limits,
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+const SCREENING: &str = <ScreeningServer<ScreeningService> as NamedService>::NAME;
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+/// Runs the server until a shutdown signal (or a failure to load the model).
+pub async fn serve(options: ServeOptions) -> Result<()> {
+    let io = |what: String| move |e: std::io::Error| Error::Io { path: PathBuf::from(what), source: e };
+    let listener = tokio::net::TcpListener::bind(options.addr).await.map_err(io(format!("binding {}", options.addr)))?;
+    let local = listener.local_addr().map_err(io("local address".into()))?;
+    let metrics = Arc::new(Metrics::new());
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(addr) = options.metrics_addr {
+        let metrics_listener = tokio::net::TcpListener::bind(addr).await.map_err(io(format!("binding metrics {addr}")))?;
+        let metrics_local = metrics_listener.local_addr().map_err(io("metrics address".into()))?;
+        println!("pathguard metrics on http://{metrics_local}/metrics");
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let stopped = async {
+                let _ = metrics_stopped.await;
+            };
+            if let Err(e) = serve_metrics(metrics_listener, metrics, stopped).await {
+                tracing::error!(error = %e, "metrics endpoint failed");
+            }
+        });
+    }
+    // Tests and scripts read this line to learn the port (with --addr 127.0.0.1:0).
+    println!("pathguard listening on {local}");
+    let _ = std::io::stdout().flush();
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::NotServing).await;
+    health.set_service_status(SCREENING, ServingStatus::NotServing).await;
+    let service = ScreeningService { workers: Arc::new(tokio::sync::OnceCell::new()), metrics: metrics.clone() };
+
+    // Load in the background so that health answers NOT_SERVING meanwhile.
+    let (load_failed, load_failure) = tokio::sync::oneshot::channel::<Error>();
+    {
+        let (service, health, options) = (service.clone(), health.clone(), options.clone());
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let loaded = tokio::task::spawn_blocking(move || {
+                Workers::start(&options.model, options.device, options.limits.clone(), metrics)
+            })
+            .await
+            .unwrap_or_else(|e| Err(Error::Config(format!("loading the model panicked: {e}"))));
+            match loaded {
+                Ok(workers) => {
+                    tracing::info!(
+                        model = %workers.info.model_hash,
+                        device = %workers.info.device,
+                        seconds = started.elapsed().as_secs_f64(),
+                        "model and detector loaded; serving"
+                    );
+                    let _ = service.workers.set(Arc::new(workers));
+                    health.set_service_status("", ServingStatus::Serving).await;
+                    health.set_service_status(SCREENING, ServingStatus::Serving).await;
+                }
+                Err(e) => {
+                    let _ = load_failed.send(e);
+                }
+            }
+        });
+    }
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(super::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(super::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+    let max_bytes = options.limits.max_message_bytes;
+    let screening = ScreeningServer::new(service.clone())
+        .max_decoding_message_size(max_bytes)
+        .max_encoding_message_size(max_bytes);
+
+    let (failure_tx, mut failure_rx) = tokio::sync::mpsc::channel::<Error>(1);
+    let shutdown = {
+        let health = health.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown_signal() => tracing::info!("shutdown signal: finishing in-flight requests"),
+                Ok(e) = load_failure => {
+                    tracing::error!(error = %e, "could not load the model");
+                    let _ = failure_tx.send(e).await;
+                }
+            }
+            health.set_service_status("", ServingStatus::NotServing).await;
+            health.set_service_status(SCREENING, ServingStatus::NotServing).await;
+        }
+    };
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(screening)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|e| Error::Config(format!("gRPC server: {e}")))?;
+    let _ = stop_metrics.send(());
+    if let Ok(e) = failure_rx.try_recv() {
+        return Err(e);
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

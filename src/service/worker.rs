@@ -1,0 +1,278 @@
+//! The worker threads that own the model. Handlers enqueue jobs on bounded queues and await
+//! the reply; the screening worker gathers the jobs of different clients into one forward
+//! pass (up to `max_batch` images, waiting at most `max_delay_ms` for more), and drops jobs
+//! whose deadline passed or whose caller went away before computing. Attacks, much slower,
+//! run on a second worker with its own copy of the model, so that they never hold up
+//! screening. Inference never runs on the async runtime's threads.
+
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tch::{Device, Kind, Tensor};
+use tokio::sync::oneshot;
+use tonic::Status;
+
+use super::limits::Limits;
+use super::metrics::Metrics;
+use crate::attack_set::{run_attack, AttackParams, GateGradient};
+use crate::data::Dataset;
+use crate::screener::{Screened, Screener};
+
+/// What clients may learn about the loaded model (GetInfo, metadata).
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub model_hash: String,
+    pub class_names: Vec<String>,
+    pub gate_sizes: Vec<usize>,
+    pub threshold: f64,
+    pub detector_kind: String,
+    pub detector_hash: String,
+    pub device: String,
+}
+
+struct ScreenJob {
+    images: Tensor,
+    enqueued: Instant,
+    deadline: Option<Instant>,
+    reply: oneshot::Sender<Result<Vec<Screened>, Status>>,
+}
+
+/// The outcome of an attack job, per image.
+#[derive(Debug)]
+pub struct AttackResult {
+    pub adversarial: Tensor,
+    pub labels: Vec<i64>,
+    pub clean_predictions: Vec<i64>,
+    pub predictions: Vec<i64>,
+    pub success: Vec<bool>,
+    pub linf: Vec<f32>,
+    pub l2: Vec<f32>,
+    pub seconds: f64,
+}
+
+struct AttackJob {
+    images: Tensor,
+    labels: Option<Tensor>,
+    params: AttackParams,
+    enqueued: Instant,
+    deadline: Option<Instant>,
+    reply: oneshot::Sender<Result<AttackResult, Status>>,
+}
+
+/// Handles to the running workers; dropping it stops them once their queues drain.
+pub struct Workers {
+    screen: SyncSender<ScreenJob>,
+    attack: SyncSender<AttackJob>,
+    pub info: ModelInfo,
+    pub limits: Limits,
+}
+
+/// Attacks waiting for the attack worker.
+const ATTACK_QUEUE: usize = 4;
+
+impl Workers {
+    /// Starts both workers, each loading `model_dir` on `device`; returns once both are ready.
+    pub fn start(model_dir: &Path, device: Device, limits: Limits, metrics: Arc<Metrics>) -> crate::Result<Self> {
+        let (screen, screen_rx) = sync_channel::<ScreenJob>(limits.queue_capacity);
+        let (attack, attack_rx) = sync_channel::<AttackJob>(ATTACK_QUEUE);
+        let info = spawn_worker("pathguard-screen", model_dir, device, {
+            let (limits, metrics) = (limits.clone(), metrics.clone());
+            move |screener| screen_loop(&screener, screen_rx, &limits, &metrics)
+        })?;
+        spawn_worker("pathguard-attack", model_dir, device, {
+            let (limits, metrics) = (limits.clone(), metrics.clone());
+            move |screener| attack_loop(&screener, attack_rx, &limits, &metrics)
+        })?;
+        Ok(Workers { screen, attack, info, limits })
+    }
+
+    /// Screens `images` (`[N, 1, 28, 28]` float32, validated) on the screening worker.
+    pub async fn screen(&self, images: Tensor, deadline: Option<Instant>) -> Result<Vec<Screened>, Status> {
+        let (reply, answer) = oneshot::channel();
+        let job = ScreenJob { images, enqueued: Instant::now(), deadline, reply };
+        enqueue(&self.screen, job, "screening")?;
+        answer.await.map_err(|_| Status::internal("the screening worker stopped"))?
+    }
+
+    /// Runs an attack on the attack worker.
+    pub async fn attack(
+        &self,
+        images: Tensor,
+        labels: Option<Tensor>,
+        params: AttackParams,
+        deadline: Option<Instant>,
+    ) -> Result<AttackResult, Status> {
+        let (reply, answer) = oneshot::channel();
+        let job = AttackJob { images, labels, params, enqueued: Instant::now(), deadline, reply };
+        enqueue(&self.attack, job, "attack")?;
+        answer.await.map_err(|_| Status::internal("the attack worker stopped"))?
+    }
+}
+
+fn enqueue<J>(queue: &SyncSender<J>, job: J, name: &str) -> Result<(), Status> {
+    match queue.try_send(job) {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Full(_)) => {
+            Err(Status::resource_exhausted(format!("the {name} queue is full; retry later or lower the request rate")))
+        }
+        Err(TrySendError::Disconnected(_)) => Err(Status::unavailable(format!("the {name} worker has stopped"))),
+    }
+}
+
+/// Starts a thread that loads the model and then runs `work`; waits until it has loaded.
+fn spawn_worker(
+    name: &str,
+    model_dir: &Path,
+    device: Device,
+    work: impl FnOnce(Screener) + Send + 'static,
+) -> crate::Result<ModelInfo> {
+    let (ready, loaded) = sync_channel(1);
+    let dir = model_dir.to_path_buf();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || match Screener::load(&dir, device) {
+            Ok(screener) => {
+                let _ = ready.send(Ok(model_info(&screener)));
+                work(screener);
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e));
+            }
+        })
+        .map_err(|e| crate::Error::Config(format!("starting worker thread {name}: {e}")))?;
+    loaded.recv().map_err(|_| crate::Error::Config(format!("worker {name} died while loading")))?
+}
+
+fn model_info(s: &Screener) -> ModelInfo {
+    let detector_json = serde_json::to_vec(&s.detector).unwrap_or_default();
+    ModelInfo {
+        model_hash: s.checkpoint.model_hash().to_string(),
+        class_names: s.class_names().to_vec(),
+        gate_sizes: s.gate_sizes(),
+        threshold: s.detector.threshold(),
+        detector_kind: format!("path statistics + path bits, logistic regression ({} features)", s.detector.features.len()),
+        detector_hash: crate::model::checkpoint::sha256_hex(&detector_json),
+        device: crate::device::device_name(s.device),
+    }
+}
+
+/// Runs `f`, turning a panic inside libtorch or our code into INTERNAL instead of killing
+/// the worker.
+fn guarded<T>(f: impl FnOnce() -> crate::Result<T>) -> Result<T, Status> {
+    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(crate::Error::InvalidInput(msg))) => Err(Status::invalid_argument(msg)),
+        Ok(Err(crate::Error::Config(msg))) => Err(Status::invalid_argument(msg)),
+        Ok(Err(e)) => Err(Status::internal(e.to_string())),
+        Err(_) => Err(Status::internal("the computation failed; the server is still running")),
+    }
+}
+
+fn expired(deadline: Option<Instant>, now: Instant) -> bool {
+    deadline.is_some_and(|d| d <= now)
+}
+
+fn screen_loop(screener: &Screener, queue: Receiver<ScreenJob>, limits: &Limits, metrics: &Metrics) {
+    let max_batch = limits.max_batch.max(1);
+    let max_delay = Duration::from_millis(limits.max_delay_ms);
+    while let Ok(first) = queue.recv() {
+        let mut images = first.images.size()[0] as usize;
+        let mut jobs = vec![first];
+        let until = Instant::now() + max_delay;
+        while images < max_batch {
+            match queue.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                Ok(job) => {
+                    images += job.images.size()[0] as usize;
+                    jobs.push(job);
+                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let now = Instant::now();
+        let mut live = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            metrics.queue_wait.with_label_values(&["screen"]).observe((now - job.enqueued).as_secs_f64());
+            if expired(job.deadline, now) {
+                let _ = job.reply.send(Err(Status::deadline_exceeded("the deadline passed while the request was queued")));
+            } else if !job.reply.is_closed() {
+                live.push(job);
+            }
+        }
+        if live.is_empty() {
+            continue;
+        }
+        let batch = Tensor::cat(&live.iter().map(|j| j.images.shallow_clone()).collect::<Vec<_>>(), 0);
+        let result = guarded(|| {
+            let n = batch.size()[0];
+            let mut screened = Vec::with_capacity(n as usize);
+            for start in (0..n).step_by(max_batch) {
+                let chunk = batch.narrow(0, start, (max_batch as i64).min(n - start));
+                metrics.batch_size.observe(chunk.size()[0] as f64);
+                screened.extend(screener.screen(&chunk)?);
+            }
+            Ok(screened)
+        });
+        match result {
+            Ok(screened) => {
+                let mut rest = screened.into_iter();
+                for job in live {
+                    let n = job.images.size()[0] as usize;
+                    let _ = job.reply.send(Ok(rest.by_ref().take(n).collect()));
+                }
+            }
+            Err(status) => {
+                for job in live {
+                    let _ = job.reply.send(Err(status.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn attack_loop(screener: &Screener, queue: Receiver<AttackJob>, limits: &Limits, metrics: &Metrics) {
+    while let Ok(job) = queue.recv() {
+        let now = Instant::now();
+        metrics.queue_wait.with_label_values(&["attack"]).observe((now - job.enqueued).as_secs_f64());
+        if expired(job.deadline, now) {
+            let _ = job.reply.send(Err(Status::deadline_exceeded("the deadline passed while the request was queued")));
+            continue;
+        }
+        if job.reply.is_closed() {
+            continue;
+        }
+        let result = guarded(|| run_attack_job(screener, &job, limits.max_batch));
+        let _ = job.reply.send(result);
+    }
+}
+
+fn run_attack_job(screener: &Screener, job: &AttackJob, batch_size: usize) -> crate::Result<AttackResult> {
+    let model = &screener.checkpoint.model;
+    let labels = match &job.labels {
+        Some(labels) => labels.shallow_clone(),
+        None => model.predict(&job.images.to_device(screener.device))?.0.argmax(1, false).to_device(Device::Cpu),
+    };
+    let data = Dataset { images: job.images.shallow_clone(), labels };
+    let n = data.len() as i64;
+    let indices = Tensor::arange(n, (Kind::Int64, Device::Cpu));
+    let outcome = run_attack(model, screener.device, &data, &indices, &job.params, GateGradient::Surrogate, batch_size, false)?;
+    let success = match job.params.target_class {
+        Some(t) => outcome.predictions.eq(t),
+        None => outcome.predictions.ne_tensor(&outcome.labels),
+    };
+    let delta = &outcome.adversarial - &data.images;
+    let as_f32 = |t: Tensor| Vec::<f32>::try_from(t.to_kind(Kind::Float)).unwrap_or_default();
+    let as_i64 = |t: &Tensor| Vec::<i64>::try_from(t.to_kind(Kind::Int64)).unwrap_or_default();
+    Ok(AttackResult {
+        labels: as_i64(&outcome.labels),
+        clean_predictions: as_i64(&outcome.clean_predictions),
+        predictions: as_i64(&outcome.predictions),
+        success: Vec::<bool>::try_from(success).unwrap_or_default(),
+        linf: as_f32(attacks::linf_norms(&delta)),
+        l2: as_f32(attacks::l2_norms(&delta)),
+        seconds: outcome.stats.seconds,
+        adversarial: outcome.adversarial,
+    })
+}
