@@ -79,6 +79,14 @@ impl PathDetector {
                 detector.model_hash
             )));
         }
+        let current = FeatureSpec::for_layers(detector.features.layers);
+        if detector.features.names != current.names {
+            return Err(fail(format!(
+                "its path features ({} columns) are not the ones this pathguard computes ({}); refit it with `pathguard fit-detector`",
+                detector.features.names.len(),
+                current.names.len()
+            )));
+        }
         if detector.features.len() != detector.classifier.weights.len() {
             return Err(fail(format!(
                 "{} features but {} classifier weights",

@@ -26,7 +26,8 @@ fn fit_detector_writes_a_detector_that_loads_and_beats_chance() {
     assert!(record.clean_rows > 100 && record.adversarial_rows > 100, "{record:?}");
     assert!(record.validation.auroc > 0.6, "validation AUROC {}", record.validation.auroc);
     assert!((0.0..=1.0).contains(&detector.threshold()));
-    assert_eq!(detector.features.len(), 31);
+    assert_eq!(detector.features.names.len(), 33);
+    assert_eq!(detector.features.len(), 33 + 2 * 624, "statistics, path bits and gate logits");
 
     // Scores of a real forward pass are in [0, 1].
     let test = pathguard::data::fashion_mnist::load(&pathguard::data::fashion_mnist::default_dir(), pathguard::data::Split::Test)

@@ -7,6 +7,7 @@ mod data;
 mod detector;
 mod images;
 mod linking;
+mod service;
 mod shipped_model;
 
 use std::path::PathBuf;

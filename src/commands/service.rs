@@ -51,6 +51,9 @@ pub struct ServeArgs {
     metrics_addr: String,
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Seconds in-flight requests and open streams get after SIGINT/SIGTERM
+    #[arg(long, default_value_t = 30.0)]
+    shutdown_grace_s: f64,
 }
 
 fn init_logging(format: LogFormat) {
@@ -83,7 +86,17 @@ pub fn run_serve(args: ServeArgs) -> Result<()> {
         max_images_per_request: args.max_request_images,
         ..Limits::default()
     };
-    let options = ServeOptions { model: args.model, addr: args.addr, device: parse_device(&args.device)?, limits, metrics_addr };
+    if !(args.shutdown_grace_s >= 0.0 && args.shutdown_grace_s.is_finite()) {
+        bail!("--shutdown-grace-s must be a non-negative number of seconds");
+    }
+    let options = ServeOptions {
+        model: args.model,
+        addr: args.addr,
+        device: parse_device(&args.device)?,
+        limits,
+        metrics_addr,
+        shutdown_grace: Duration::from_secs_f64(args.shutdown_grace_s),
+    };
     runtime()?.block_on(serve(options))?;
     Ok(())
 }

@@ -26,6 +26,9 @@ pub struct ServeOptions {
     pub device: Device,
     pub limits: Limits,
     pub metrics_addr: Option<SocketAddr>,
+    /// After a shutdown signal, how long in-flight requests (and open streams such as health
+    /// watches) may take before the server exits anyway.
+    pub shutdown_grace: std::time::Duration,
 }
 
 const SCREENING: &str = <ScreeningServer<ScreeningService> as NamedService>::NAME;
@@ -122,6 +125,7 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
         .max_encoding_message_size(max_bytes);
 
     let (failure_tx, mut failure_rx) = tokio::sync::mpsc::channel::<Error>(1);
+    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
     let shutdown = {
         let health = health.clone();
         async move {
@@ -134,16 +138,26 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
             }
             health.set_service_status("", ServingStatus::NotServing).await;
             health.set_service_status(SCREENING, ServingStatus::NotServing).await;
+            let _ = stopping_tx.send(true);
         }
     };
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(screening)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
-        .map_err(|e| Error::Config(format!("gRPC server: {e}")))?;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+    // Graceful shutdown waits for every open stream; a client watching health forever must
+    // not keep the process alive past the grace period.
+    let grace = options.shutdown_grace;
+    let grace_over = async move {
+        let _ = stopping.wait_for(|&s| s).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        served = server => served.map_err(|e| Error::Config(format!("gRPC server: {e}")))?,
+        _ = grace_over => tracing::warn!(seconds = grace.as_secs_f64(), "grace period over; closing the remaining streams"),
+    }
     let _ = stop_metrics.send(());
     if let Ok(e) = failure_rx.try_recv() {
         return Err(e);
