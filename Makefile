@@ -10,6 +10,11 @@ CACHE_DIR ?= $(HOME)/.cache/pathguard
 VENV := $(CACHE_DIR)/venv-torch-$(TORCH_VERSION)
 VENV_OK := $(VENV)/.installed
 NUMPY_OK := $(VENV)/.numpy-installed
+# Client libraries for the tests of our Python example and of stock tritonclient, in a
+# virtualenv of their own so that nothing touches the torch one.
+CLIENTS_VENV := $(CACHE_DIR)/venv-clients
+CLIENTS_OK := $(CLIENTS_VENV)/.installed-v1
+CLIENT_PACKAGES := grpcio==1.85.3 grpcio-tools==1.85.1 numpy==2.4.6 'tritonclient[grpc]==2.41.0'
 FONT := /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
 DATA_DIR := /usr/share/datasets/fashion-mnist
 DATA_OK := $(DATA_DIR)/t10k-labels-idx1-ubyte.gz
@@ -31,7 +36,14 @@ help:
 	@echo "make default-model  retrain models/default from scratch (about 60 min on 2 cores)"
 	@echo "make bench          throughput of the shipped model and of attacks"
 
-setup: data torch fonts $(NUMPY_OK)
+setup: data torch fonts $(NUMPY_OK) $(CLIENTS_OK)
+
+$(CLIENTS_OK):
+	@echo "creating $(CLIENTS_VENV) with grpcio, grpcio-tools and tritonclient"
+	@rm -rf $(CLIENTS_VENV)
+	python3 -m venv $(CLIENTS_VENV)
+	$(CLIENTS_VENV)/bin/pip install --disable-pip-version-check --quiet $(CLIENT_PACKAGES)
+	@touch $@
 
 # Captions of the PNG reports (plotters draws text with this font).
 fonts: $(FONT)
@@ -70,12 +82,11 @@ build: setup
 	$(CARGO) build --release --workspace
 
 test: build
-	PATHGUARD_PYTHON=$(VENV)/bin/python $(CARGO) test --release --workspace
+	PATHGUARD_PYTHON=$(VENV)/bin/python PATHGUARD_CLIENT_PYTHON=$(CLIENTS_VENV)/bin/python \
+	  $(CARGO) test --release --workspace
 
 serve: build
-	@echo "note: the gRPC server is not built yet (issue 5); showing the shipped model and evaluating it"
-	$(BIN) info --model models/default
-	$(BIN) eval --model models/default
+	$(BIN) serve --model models/default
 
 bench: build
 	$(CARGO) bench --bench throughput

@@ -3,7 +3,7 @@ include!("build-support/torch_link.rs");
 use std::path::PathBuf;
 
 /// Protocol files compiled into the crate (see proto/README.md).
-const PROTOS: [&str; 1] = ["proto/pathguard/v1/screening.proto"];
+const PROTOS: [&str; 2] = ["proto/pathguard/v1/screening.proto", "proto/inference/open_inference.proto"];
 
 fn main() {
     link_libtorch();

@@ -1,19 +1,31 @@
-//! The path-statistics detector: path features (see [`crate::path::features`]) of the
-//! decoupled CNN scored by a logistic regression from the `detectors` crate, with the class
-//! templates it measures against and its threshold. Saved as `detector.json` beside the model.
+//! The path detector: two logistic experts on the calculation path, combined by noisy-OR.
+//!
+//! - The *gate-logit expert* reads the controlling modules' outputs before thresholding (how
+//!   firmly each gate of the path is open or closed). Fitted on clean versus full-strength
+//!   attacks (FGSM, PGD), it catches the over-confident adversarial examples whose paths are
+//!   unlike any clean path.
+//! - The *path-statistics expert* reads the path's distances to the predicted class's
+//!   template, the MI heads' agreement and the output confidence (see
+//!   [`crate::path::features`]). Fitted on clean versus PGD stopped at each image's first
+//!   success, it catches minimal examples that sit at the decision boundary (C&W, DeepFool),
+//!   which look nothing like full-strength PGD's.
+//!
+//! Score = 1 - (1 - a)(1 - b): high when either expert is confident. Saved as
+//! `detector.json` beside the model, with the class templates and the threshold.
 
 use std::path::Path;
 
-use detectors::{Detector, DetectionMetrics, LogisticDetector};
-use ndarray::Array1;
+use detectors::{DetectionMetrics, Detector, LogisticDetector};
+use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::model::ForwardOutput;
 use crate::path::{FeatureSpec, PathTemplates};
+use crate::representations::Representations;
 
 pub const DETECTOR_FILE: &str = "detector.json";
-const FORMAT: &str = "pathguard-path-detector-v1";
+const FORMAT: &str = "pathguard-path-detector-v2";
 
 /// How the detector was fitted and how it did on held-out validation images.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -31,31 +43,80 @@ pub struct DetectorRecord {
     pub seconds: f64,
 }
 
-/// The fitted path-statistics detector.
+/// One logistic expert and the columns it reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PathExpert {
+    pub name: String,
+    pub features: FeatureSpec,
+    pub classifier: LogisticDetector,
+    /// The training attacks whose rows were its positives.
+    pub attacks: Vec<String>,
+}
+
+impl PathExpert {
+    fn score_rows(&self, rows: &Array2<f64>) -> Result<Array1<f64>> {
+        self.classifier.score(rows.view()).map_err(|e| Error::InvalidInput(format!("{}: {e}", self.name)))
+    }
+}
+
+/// Noisy-OR of expert scores: 1 - prod(1 - s).
+pub fn noisy_or(scores: &[Array1<f64>]) -> Array1<f64> {
+    let n = scores.first().map(|s| s.len()).unwrap_or(0);
+    let mut keep = Array1::<f64>::ones(n);
+    for s in scores {
+        keep *= &s.mapv(|v| 1.0 - v);
+    }
+    keep.mapv(|k| 1.0 - k)
+}
+
+/// The fitted path detector.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PathDetector {
     pub format: String,
     /// Hash of the model whose paths it was fitted on; loading checks it.
     pub model_hash: String,
-    pub features: FeatureSpec,
     pub templates: PathTemplates,
-    pub classifier: LogisticDetector,
+    pub experts: Vec<PathExpert>,
+    /// Flag = score >= threshold.
+    pub threshold: f64,
     pub record: Option<DetectorRecord>,
 }
 
 impl PathDetector {
-    pub fn new(model_hash: &str, features: FeatureSpec, templates: PathTemplates, classifier: LogisticDetector) -> Self {
-        PathDetector { format: FORMAT.into(), model_hash: model_hash.into(), features, templates, classifier, record: None }
+    pub fn new(model_hash: &str, templates: PathTemplates, experts: Vec<PathExpert>) -> Self {
+        PathDetector { format: FORMAT.into(), model_hash: model_hash.into(), templates, experts, threshold: 0.5, record: None }
     }
 
     /// Adversarial scores in [0, 1] for an eval-mode forward pass.
     pub fn score(&self, out: &ForwardOutput) -> Result<Array1<f64>> {
-        let rows = self.features.rows(out, &self.templates);
-        self.classifier.score(rows.view()).map_err(|e| Error::InvalidInput(format!("detector: {e}")))
+        let scores = self
+            .experts
+            .iter()
+            .map(|e| e.score_rows(&e.features.rows(out, &self.templates)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(noisy_or(&scores))
+    }
+
+    /// Per-expert scores of precomputed representations (computed with these templates).
+    pub fn expert_scores(&self, reps: &Representations) -> Result<Vec<Array1<f64>>> {
+        self.experts.iter().map(|e| e.score_rows(&reps.detector_rows(&e.features))).collect()
+    }
+
+    /// Adversarial scores of precomputed representations.
+    pub fn score_representations(&self, reps: &Representations) -> Result<Array1<f64>> {
+        Ok(noisy_or(&self.expert_scores(reps)?))
+    }
+
+    /// Sets the threshold so that at most `fpr` of the clean rows are flagged.
+    pub fn calibrate(&mut self, clean: &Representations, fpr: f64) -> Result<()> {
+        let scores = self.score_representations(clean)?;
+        self.threshold = detectors::threshold_at_fpr(scores.as_slice().expect("contiguous"), fpr)
+            .map_err(|e| Error::Config(format!("setting the threshold: {e}")))?;
+        Ok(())
     }
 
     pub fn threshold(&self) -> f64 {
-        self.classifier.threshold
+        self.threshold
     }
 
     /// Writes `detector.json` atomically.
@@ -71,7 +132,7 @@ impl PathDetector {
         let detector: PathDetector =
             serde_json::from_slice(&bytes).map_err(|e| fail(format!("not a valid detector file: {e}")))?;
         if detector.format != FORMAT {
-            return Err(fail(format!("format {} is not {FORMAT}", detector.format)));
+            return Err(fail(format!("format {} is not {FORMAT}; refit it with `pathguard fit-detector`", detector.format)));
         }
         if detector.model_hash != model_hash {
             return Err(fail(format!(
@@ -79,20 +140,31 @@ impl PathDetector {
                 detector.model_hash
             )));
         }
-        let current = FeatureSpec::for_layers(detector.features.layers);
-        if detector.features.names != current.names {
-            return Err(fail(format!(
-                "its path features ({} columns) are not the ones this pathguard computes ({}); refit it with `pathguard fit-detector`",
-                detector.features.names.len(),
-                current.names.len()
-            )));
+        if detector.experts.is_empty() {
+            return Err(fail("no experts".into()));
         }
-        if detector.features.len() != detector.classifier.weights.len() {
-            return Err(fail(format!(
-                "{} features but {} classifier weights",
-                detector.features.len(),
-                detector.classifier.weights.len()
-            )));
+        if !(0.0..=1.0).contains(&detector.threshold) {
+            return Err(fail(format!("threshold {} is not in [0, 1]", detector.threshold)));
+        }
+        for expert in &detector.experts {
+            let spec = &expert.features;
+            let current = FeatureSpec::for_layers(spec.layers);
+            if !spec.names.is_empty() && spec.names != current.names {
+                return Err(fail(format!(
+                    "expert {}: its path statistics ({} columns) are not the ones this pathguard computes ({}); refit it with `pathguard fit-detector`",
+                    expert.name,
+                    spec.names.len(),
+                    current.names.len()
+                )));
+            }
+            if spec.len() != expert.classifier.weights.len() {
+                return Err(fail(format!(
+                    "expert {}: {} features but {} classifier weights",
+                    expert.name,
+                    spec.len(),
+                    expert.classifier.weights.len()
+                )));
+            }
         }
         Ok(detector)
     }

@@ -4,11 +4,13 @@
 
 use std::time::Instant;
 
-use detectors::{DetectionMetrics, Detector, LogisticDetectorParams};
+use detectors::{DetectionMetrics, LogisticDetectorParams};
 use ndarray::{concatenate, Array2, Axis};
 use tch::{Device, Tensor};
 
-use crate::attack_material::{describe_attack, AttackMaterial, MaterialOptions, PlannedAttack};
+use crate::attack_material::{describe_attack, AttackBlock, AttackMaterial, MaterialOptions, PlannedAttack};
+use crate::detector::PathExpert;
+use crate::representations::Representations;
 use crate::attack_set::{AttackParams, GateGradient};
 use crate::data::Dataset;
 use crate::detector::{DetectorRecord, PathDetector};
@@ -56,12 +58,38 @@ pub fn labelled_rows(clean: &Array2<f64>, adversarial: &Array2<f64>) -> (Array2<
     (rows, labels)
 }
 
-/// The feature spec of detectors fitted by this version: path statistics, the path bits and
-/// the gate logits.
-pub fn detector_spec(model: &DecoupledCnn) -> FeatureSpec {
+pub const GATE_LOGIT_EXPERT: &str = "gate logits";
+pub const PATH_STATISTICS_EXPERT: &str = "path statistics";
+
+/// The two experts of the path detector (see [`crate::detector`]), fitted on `clean` rows
+/// versus the adversarial rows of `blocks`: the gate-logit expert on the full-strength
+/// attacks, the path-statistics expert on the early-stopped ones (minimal, low-confidence
+/// examples). An expert with no such blocks learns from all of them.
+pub fn fit_experts(model: &DecoupledCnn, clean: &Representations, blocks: &[&AttackBlock]) -> Result<Vec<PathExpert>> {
     let sizes = model.config().gate_sizes();
     let total = sizes.iter().sum::<i64>() as usize;
-    FeatureSpec::for_layers(sizes.len()).with_path_bits(total).with_gate_logits(total)
+    let (minimal, strong): (Vec<&AttackBlock>, Vec<&AttackBlock>) =
+        blocks.iter().copied().partition(|b| b.name.contains("early stop"));
+    let or_all = |v: Vec<&AttackBlock>| if v.is_empty() { blocks.to_vec() } else { v };
+    let experts = [
+        (GATE_LOGIT_EXPERT, FeatureSpec::gate_logits_only(sizes.len(), total), or_all(strong)),
+        (PATH_STATISTICS_EXPERT, FeatureSpec::for_layers(sizes.len()), or_all(minimal)),
+    ];
+    experts
+        .into_iter()
+        .map(|(name, features, blocks)| {
+            let parts: Vec<&Representations> = blocks.iter().map(|b| &b.fooled).collect();
+            let adversarial = Representations::concat(&parts)
+                .filter(|a| !a.is_empty())
+                .ok_or_else(|| Error::Config(format!("no adversarial rows to fit the {name} expert on")))?;
+            let (rows, labels) = labelled_rows(&clean.detector_rows(&features), &adversarial.detector_rows(&features));
+            let classifier = LogisticDetectorParams::new(name)
+                .check()
+                .and_then(|p| p.fit(rows.view(), &labels))
+                .map_err(|e| Error::Config(format!("fitting the {name} expert: {e}")))?;
+            Ok(PathExpert { name: name.into(), features, classifier, attacks: blocks.iter().map(|b| b.name.clone()).collect() })
+        })
+        .collect()
 }
 
 /// Fits the detector on the first images of `train`, validating on the rest.
@@ -98,24 +126,22 @@ pub fn fit_path_detector(
         MaterialOptions { gates: options.gates, batch_size: options.batch_size, show_progress: options.show_progress };
     let fit_material = AttackMaterial::build(model, device, &fit_part, &templates, &planned, &material_options)?;
     let (clean, adversarial) = (fit_material.clean(), fit_material.adversarial("").expect("at least one attack"));
-    let features = detector_spec(model);
-    let (rows, labels) = labelled_rows(&clean.detector_rows(&features), &adversarial.detector_rows(&features));
-    let mut classifier = LogisticDetectorParams::new("path-statistics")
-        .check()
-        .and_then(|p| p.fit(rows.view(), &labels))
-        .map_err(|e| Error::Config(format!("fitting the detector: {e}")))?;
+    let blocks: Vec<&AttackBlock> = fit_material.attacks.iter().collect();
+    let mut detector = PathDetector::new(model_hash, templates, fit_experts(model, &clean, &blocks)?);
 
-    let val_material = AttackMaterial::build(model, device, &val_part, &templates, &planned, &material_options)?;
+    let val_material = AttackMaterial::build(model, device, &val_part, &detector.templates, &planned, &material_options)?;
     let (val_clean, val_adv) = (val_material.clean(), val_material.adversarial("").expect("at least one attack"));
-    classifier
-        .calibrate(val_clean.detector_rows(&features).view(), options.target_fpr)
-        .map_err(|e| Error::Config(format!("setting the threshold: {e}")))?;
-    let (val_rows, val_labels) = labelled_rows(&val_clean.detector_rows(&features), &val_adv.detector_rows(&features));
-    let scores = classifier.score(val_rows.view()).map_err(|e| Error::Config(e.to_string()))?;
-    let validation = DetectionMetrics::compute(scores.as_slice().expect("contiguous"), &val_labels, classifier.threshold)
+    detector.calibrate(&val_clean, options.target_fpr)?;
+    let scores: Vec<f64> = detector
+        .score_representations(&val_clean)?
+        .iter()
+        .chain(detector.score_representations(&val_adv)?.iter())
+        .copied()
+        .collect();
+    let val_labels: Vec<bool> = (0..scores.len()).map(|i| i >= val_clean.len()).collect();
+    let validation = DetectionMetrics::compute(&scores, &val_labels, detector.threshold)
         .map_err(|e| Error::Config(format!("validating the detector: {e}")))?;
 
-    let mut detector = PathDetector::new(model_hash, features, templates, classifier);
     detector.record = Some(DetectorRecord {
         attacks: options.attacks.iter().map(describe_attack).collect(),
         train_images: n,

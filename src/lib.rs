@@ -28,6 +28,7 @@
 pub mod atomic;
 pub mod attack_material;
 pub mod attack_set;
+pub mod compact;
 pub mod data;
 pub mod detector;
 pub mod detector_fit;

@@ -37,8 +37,8 @@ enum Command {
     /// Re-estimate BatchNorm statistics of a checkpoint with noise-free gates (train does
     /// this at its end) and save the result.
     Recalibrate(RecalibrateArgs),
-    /// Fit the path-statistics detector on clean versus FGSM/PGD training images and save
-    /// detector.json beside the model.
+    /// Fit the path detector on clean versus FGSM/PGD training images and save detector.json
+    /// beside the model.
     FitDetector(FitDetectorArgs),
     /// Judge the path-statistics detector against the baselines (max-softmax, Mahalanobis,
     /// LID, raw activations) on seen and unseen attacks; writes report.md, report.json and
@@ -51,6 +51,9 @@ enum Command {
     Screen(commands::service::ScreenArgs),
     /// Load a running server with concurrent clients: throughput, latency percentiles, errors.
     LoadTest(commands::service::LoadTestArgs),
+    /// Drop filters that are almost never open: a smaller dense model whose gates still work,
+    /// with its accuracy, size, FLOPs and measured throughput against the full model.
+    Compact(commands::paths::CompactArgs),
 }
 
 #[derive(Args)]
@@ -119,8 +122,9 @@ struct FitDetectorArgs {
     /// Training images to attack (the first N of the training split)
     #[arg(long, default_value_t = 10_000)]
     limit: usize,
-    /// Attack methods whose images are the positive rows
-    #[arg(long, value_delimiter = ',', default_value = "fgsm,pgd")]
+    /// Attack methods whose images are the positive rows; pgd-early-stop is PGD stopped at each
+    /// image's first success
+    #[arg(long, value_delimiter = ',', default_value = "fgsm,pgd,pgd-early-stop")]
     methods: Vec<String>,
     /// Budgets to attack at (L-infinity)
     #[arg(long, value_delimiter = ',', default_value = "0.05,0.1,0.2")]
@@ -322,6 +326,7 @@ fn main() -> std::process::ExitCode {
         Command::Recalibrate(args) => run_recalibrate(args),
         Command::Serve(args) => commands::service::run_serve(args),
         Command::LoadTest(args) => commands::service::run_load_test(args),
+        Command::Compact(args) => commands::paths::run_compact(args),
         Command::Screen(args) => match commands::service::run_screen(args) {
             // --fail-on-flag: a distinct status, so that a pipeline can tell "flagged" from "failed".
             Ok(true) => return std::process::ExitCode::from(2),
@@ -548,11 +553,16 @@ fn run_fit_detector(args: FitDetectorArgs) -> Result<()> {
     let mut attacks = Vec::new();
     for method in &args.methods {
         for &eps in &args.eps {
+            // "pgd-early-stop": PGD that stops each image at its first success (minimal,
+            // low-confidence examples; no random start, so it starts from the clean image).
+            let early_stop = method == "pgd-early-stop";
+            let base = if early_stop { "pgd" } else { method.as_str() };
             let params = AttackParams {
-                steps: (method == "pgd").then_some(args.pgd_steps),
+                steps: (base == "pgd").then_some(args.pgd_steps),
                 random_start: method == "pgd",
+                early_stop,
                 seed: args.seed,
-                ..AttackParams::new(method, eps)
+                ..AttackParams::new(base, eps)
             };
             params.build()?;
             attacks.push(params);

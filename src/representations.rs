@@ -125,7 +125,10 @@ impl Representations {
     /// The rows a path detector with `spec` scores: path statistics, then path bits if the
     /// spec has them.
     pub fn detector_rows(&self, spec: &crate::path::FeatureSpec) -> Array2<f64> {
-        let mut blocks = vec![self.path_features.view()];
+        let mut blocks = Vec::new();
+        if !spec.names.is_empty() {
+            blocks.push(self.path_features.view());
+        }
         if spec.path_bits > 0 {
             blocks.push(self.path_bits.view());
         }

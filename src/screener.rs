@@ -74,14 +74,13 @@ impl Screener {
         let x = images.to_device(self.device);
         model.check_input(&x)?;
         let out = tch::no_grad(|| model.forward_with_path(&x, GateMode::Eval));
-        let rows = self.detector.features.rows(&out, &self.detector.templates);
-        let scores = detectors::Detector::score(&self.detector.classifier, rows.view())
-            .map_err(|e| Error::InvalidInput(format!("detector: {e}")))?;
+        let scores = self.detector.score(&out)?;
+        let rows = crate::path::path_features(&out, &self.detector.templates);
         let probabilities = out.logits.softmax(1, Kind::Float).to_device(Device::Cpu);
         let predicted = Vec::<i64>::try_from(out.logits.argmax(1, false).to_device(Device::Cpu))?;
         let path = Vec::<u8>::try_from(out.path().to_kind(Kind::Uint8).to_device(Device::Cpu).contiguous().view([-1]))?;
         let bits = path.len() / predicted.len().max(1);
-        let layers = self.detector.features.layers;
+        let layers = out.gates.len();
         // Columns 0..L of the features are the open fractions, L..2L the Hamming deviations.
         let column = |i: usize, j: usize| rows[[i, j]] as f32;
         Ok((0..predicted.len())

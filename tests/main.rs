@@ -6,7 +6,9 @@ mod cli;
 mod data;
 mod detector;
 mod images;
+mod kserve;
 mod linking;
+mod python_client;
 mod service;
 mod shipped_model;
 

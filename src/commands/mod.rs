@@ -1,4 +1,5 @@
 //! Subcommands of the `pathguard` binary that live outside main.rs (the binary's modules, not
 //! the library's).
 
+pub mod paths;
 pub mod service;

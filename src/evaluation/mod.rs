@@ -12,7 +12,8 @@ use std::time::Instant;
 use ndarray::Array1;
 use tch::Device;
 
-use crate::attack_material::{describe_attack, AttackMaterial, MaterialOptions, PlannedAttack};
+use crate::attack_material::{describe_attack, AttackBlock, AttackMaterial, MaterialOptions, PlannedAttack};
+use crate::representations::Representations;
 use crate::attack_set::{AttackParams, GateGradient};
 use crate::data::Dataset;
 use crate::detector::PathDetector;
@@ -111,15 +112,24 @@ pub fn evaluate(inputs: &EvaluationInputs, options: &EvaluateOptions) -> Result<
         return Err(Error::Config("no training attack fooled the model; nothing to fit on".into()));
     }
     eprintln!("fitting detectors on {} clean and {} adversarial rows", train_clean.len(), train_adversarial.len());
-    let spec = crate::detector_fit::detector_spec(model);
-    let suite = DetectorSuite::fit(&train_clean, &train_adversarial, &spec, inputs.shipped.clone())?;
+    let fit_ours = |blocks: Vec<&AttackBlock>| -> Result<PathDetector> {
+        let experts = crate::detector_fit::fit_experts(model, &train_clean, &blocks)?;
+        Ok(PathDetector::new(inputs.model_hash, templates.clone(), experts))
+    };
+    let ours = fit_ours(train.attacks.iter().collect())?;
+    let suite = DetectorSuite::fit(&train_clean, &train_adversarial, ours, inputs.shipped.clone())?;
+    // Cross-attack: ours and the raw-activation baseline fitted on one family of attacks.
     let mut families = Vec::new();
     for (family, prefix) in [("FGSM only", "fgsm "), ("PGD only", "pgd eps")] {
-        if let Some(adv) = train.adversarial(prefix).filter(|a| !a.is_empty()) {
-            let ours = ViewDetector::fit(OURS, &train_clean, &adv, View::Path(spec.clone()))?;
-            let raw = ViewDetector::fit(RAW_ACTIVATIONS, &train_clean, &adv, View::Activations)?;
-            families.push((family, [(OURS, ours), (RAW_ACTIVATIONS, raw)]));
+        let blocks: Vec<&AttackBlock> =
+            train.attacks.iter().filter(|b| b.name.starts_with(prefix) && !b.fooled.is_empty()).collect();
+        if blocks.is_empty() {
+            continue;
         }
+        let parts: Vec<&Representations> = blocks.iter().map(|b| &b.fooled).collect();
+        let adversarial = Representations::concat(&parts).expect("non-empty");
+        let raw = ViewDetector::fit(RAW_ACTIVATIONS, &train_clean, &adversarial, View::Activations)?;
+        families.push((family, fit_ours(blocks)?, raw));
     }
 
     eprintln!("attacking {} test images", inputs.test.len());
@@ -176,14 +186,17 @@ pub fn evaluate(inputs: &EvaluationInputs, options: &EvaluateOptions) -> Result<
         if draw {
             report.roc_attack = block.name.clone();
         }
-        for (family, detectors) in &families {
-            for (name, detector) in detectors {
-                let result = metrics(name, &block.name, &detector.score(&test_clean)?, &detector.score(&block.fooled)?)?;
+        for (family, ours, raw) in &families {
+            let pairs = [
+                (OURS, ours.score_representations(&test_clean)?, ours.score_representations(&block.fooled)?),
+                (RAW_ACTIVATIONS, raw.score(&test_clean)?, raw.score(&block.fooled)?),
+            ];
+            for (name, clean, adversarial) in pairs {
                 report.cross_attack.push(CrossAttackResult {
                     fitted_on: family.to_string(),
                     detector: name.to_string(),
                     attack: block.name.clone(),
-                    auroc: result.auroc,
+                    auroc: metrics(name, &block.name, &clean, &adversarial)?.auroc,
                 });
             }
         }

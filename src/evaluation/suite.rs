@@ -10,14 +10,13 @@ use ndarray::{Array1, Array2};
 use crate::detector::PathDetector;
 use crate::detector_fit::labelled_rows;
 use crate::error::{Error, Result};
-use crate::path::FeatureSpec;
 use crate::representations::Representations;
 
 pub const OURS: &str = "path detector (ours)";
 pub const SHIPPED: &str = "shipped detector.json (ours)";
-pub const PATH_STATISTICS: &str = "path statistics only";
-pub const PATH_BITS: &str = "path bits only";
-pub const GATE_LOGITS: &str = "gate logits only";
+pub const GATE_LOGIT_EXPERT: &str = "gate-logit expert alone";
+pub const PATH_STATISTICS_EXPERT: &str = "path-statistics expert alone";
+pub const PATH_BITS: &str = "path bits + logistic";
 pub const RAW_ACTIVATIONS: &str = "raw activations + logistic";
 pub const MAHALANOBIS: &str = "Mahalanobis";
 pub const LID: &str = "LID";
@@ -82,18 +81,14 @@ fn fit_logistic(name: &str, rows: &Array2<f64>, labels: &[bool]) -> Result<Logis
 #[derive(Debug, Clone)]
 pub enum View {
     /// The rows of a path detector with this spec.
-    Path(FeatureSpec),
     PathBits,
-    GateLogits,
     Activations,
 }
 
 impl View {
     pub fn rows(&self, reps: &Representations) -> Array2<f64> {
         match self {
-            View::Path(spec) => reps.detector_rows(spec),
             View::PathBits => reps.path_bits.clone(),
-            View::GateLogits => reps.gate_logits.clone(),
             View::Activations => reps.activations.clone(),
         }
     }
@@ -118,23 +113,22 @@ impl ViewDetector {
 
 /// The fitted detectors, scored side by side.
 pub struct DetectorSuite {
-    ours: ViewDetector,
-    path_statistics: ViewDetector,
+    ours: PathDetector,
     shipped: Option<PathDetector>,
     path_bits: ViewDetector,
-    gate_logits: ViewDetector,
     raw_activations: ViewDetector,
     mahalanobis: MahalanobisDetector,
     lid: LidDetector,
 }
 
 impl DetectorSuite {
-    /// Fits every detector on clean versus adversarial training rows. `shipped`, when given,
-    /// is scored as it is (its templates must be those the representations were computed with).
+    /// Fits every detector on clean versus adversarial training rows (`ours` is fitted by the
+    /// caller, the same way `fit-detector` does). `shipped`, when given, is scored as it is
+    /// (the representations must be computed with its templates).
     pub fn fit(
         clean: &Representations,
         adversarial: &Representations,
-        spec: &FeatureSpec,
+        ours: PathDetector,
         shipped: Option<PathDetector>,
     ) -> Result<Self> {
         let labels: Vec<usize> = clean.predictions.iter().map(|&p| p as usize).collect();
@@ -143,16 +137,9 @@ impl DetectorSuite {
             .fit(clean.penultimate.view(), &labels)
             .map_err(|e| Error::Config(format!("fitting {MAHALANOBIS}: {e}")))?;
         Ok(DetectorSuite {
-            ours: ViewDetector::fit(OURS, clean, adversarial, View::Path(spec.clone()))?,
-            path_statistics: ViewDetector::fit(
-                PATH_STATISTICS,
-                clean,
-                adversarial,
-                View::Path(FeatureSpec { path_bits: 0, gate_logits: 0, ..spec.clone() }),
-            )?,
+            ours,
             shipped,
             path_bits: ViewDetector::fit(PATH_BITS, clean, adversarial, View::PathBits)?,
-            gate_logits: ViewDetector::fit(GATE_LOGITS, clean, adversarial, View::GateLogits)?,
             raw_activations: ViewDetector::fit(RAW_ACTIVATIONS, clean, adversarial, View::Activations)?,
             mahalanobis,
             lid: LidDetector::fit(clean, adversarial)?,
@@ -165,21 +152,22 @@ impl DetectorSuite {
         if self.shipped.is_some() {
             names.push(SHIPPED);
         }
-        names.extend([PATH_STATISTICS, PATH_BITS, GATE_LOGITS, RAW_ACTIVATIONS, MAHALANOBIS, LID, MAX_SOFTMAX]);
+        names.extend([GATE_LOGIT_EXPERT, PATH_STATISTICS_EXPERT, PATH_BITS, RAW_ACTIVATIONS, MAHALANOBIS, LID, MAX_SOFTMAX]);
         names
     }
 
     /// Scores of every detector on `reps`, in [`Self::names`] order.
     pub fn score(&self, reps: &Representations) -> Result<Vec<(&'static str, Array1<f64>)>> {
         let wrap = |name: &str, e: detectors::DetectorError| Error::Config(format!("{name}: {e}"));
-        let mut scores = vec![(OURS, self.ours.score(reps)?)];
+        let experts = self.ours.expert_scores(reps)?;
+        let mut scores = vec![(OURS, crate::detector::noisy_or(&experts))];
         if let Some(shipped) = &self.shipped {
-            let rows = reps.detector_rows(&shipped.features);
-            scores.push((SHIPPED, shipped.classifier.score(rows.view()).map_err(|e| wrap(SHIPPED, e))?));
+            scores.push((SHIPPED, shipped.score_representations(reps)?));
         }
-        scores.push((PATH_STATISTICS, self.path_statistics.score(reps)?));
+        let mut experts = experts.into_iter();
+        scores.push((GATE_LOGIT_EXPERT, experts.next().expect("gate-logit expert")));
+        scores.push((PATH_STATISTICS_EXPERT, experts.next().expect("path-statistics expert")));
         scores.push((PATH_BITS, self.path_bits.score(reps)?));
-        scores.push((GATE_LOGITS, self.gate_logits.score(reps)?));
         scores.push((RAW_ACTIVATIONS, self.raw_activations.score(reps)?));
         scores.push((MAHALANOBIS, self.mahalanobis.score(reps.penultimate.view()).map_err(|e| wrap(MAHALANOBIS, e))?));
         scores.push((LID, self.lid.score(reps)?));

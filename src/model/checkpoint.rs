@@ -57,6 +57,9 @@ pub struct ModelMeta {
     /// SHA-256 of the weights file: the model's identity ("model hash") everywhere.
     pub weights_sha256: String,
     pub training: Option<TrainingRecord>,
+    /// Set on models made by `pathguard compact`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compacted_from: Option<crate::compact::CompactionRecord>,
 }
 
 /// A loaded model: its variables, the network built on them, and its metadata.
@@ -88,6 +91,7 @@ impl Checkpoint {
             weights_file: WEIGHTS_FILE.into(),
             weights_sha256: String::new(),
             training: None,
+            compacted_from: None,
         };
         Ok(Checkpoint { vs, model, meta })
     }

@@ -12,6 +12,17 @@ pub struct ConvLayer {
     pub gated: bool,
     /// Whether a 2x2 max-pool follows the layer.
     pub pool_after: bool,
+    /// Hidden units of the layer's controlling module, when not `C_in / acm_reduction`
+    /// (a compacted model keeps its parent's, so that its gates compute the same values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acm_hidden: Option<i64>,
+}
+
+impl ConvLayer {
+    /// Hidden units of this layer's controlling module, for `c_in` input channels.
+    pub fn acm_hidden(&self, c_in: i64, reduction: i64) -> i64 {
+        self.acm_hidden.unwrap_or((c_in / reduction).max(1))
+    }
 }
 
 /// The network's shape. Serialised into every checkpoint's `config.json`.
@@ -31,7 +42,7 @@ impl ModelConfig {
     /// (1.5x the widths of the 32-...-128 prototype: with about half the gates closed, the
     /// narrower net lacked the capacity for 93%.)
     pub fn fashion_mnist() -> Self {
-        let layer = |out_channels, gated, pool_after| ConvLayer { out_channels, gated, pool_after };
+        let layer = |out_channels, gated, pool_after| ConvLayer { out_channels, gated, pool_after, acm_hidden: None };
         ModelConfig {
             in_channels: 1,
             image_size: 28,
@@ -93,7 +104,10 @@ impl ModelConfig {
             if layer.out_channels < 1 {
                 return fail(format!("layer {i}: out_channels must be >= 1"));
             }
-            if layer.gated && c_in / self.acm_reduction < 1 {
+            if layer.acm_hidden.is_some_and(|h| h < 1) {
+                return fail(format!("layer {i}: acm_hidden must be >= 1"));
+            }
+            if layer.gated && layer.acm_hidden.is_none() && c_in / self.acm_reduction < 1 {
                 return fail(format!(
                     "layer {i}: {c_in} input channels / acm_reduction {} leaves no hidden units",
                     self.acm_reduction

@@ -67,7 +67,7 @@ impl DecoupledCnn {
                     &(&bp / "acm"),
                     c_in,
                     layer.out_channels,
-                    config.acm_reduction,
+                    layer.acm_hidden(c_in, config.acm_reduction),
                     config.num_classes,
                 )
             });

@@ -40,8 +40,7 @@ pub struct ControlModule {
 impl ControlModule {
     /// Initialised as in the reference: FC1 weights 0 and biases 1, FC2 Kaiming weights and
     /// bias 1, so every gate starts open and the net starts as the plain CNN.
-    pub fn new(p: &nn::Path, c_in: i64, c_out: i64, reduction: i64, num_classes: i64) -> Self {
-        let hidden = (c_in / reduction).max(1);
+    pub fn new(p: &nn::Path, c_in: i64, c_out: i64, hidden: i64, num_classes: i64) -> Self {
         let fc1 = nn::linear(
             p / "fc1",
             c_in,

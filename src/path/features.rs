@@ -62,6 +62,11 @@ impl FeatureSpec {
         self
     }
 
+    /// The gate logits alone (no path statistics, no bits).
+    pub fn gate_logits_only(layers: usize, total_gates: usize) -> Self {
+        FeatureSpec { layers, names: Vec::new(), path_bits: 0, gate_logits: total_gates }
+    }
+
     /// Followed by the `total_gates` gate logits.
     pub fn with_gate_logits(mut self, total_gates: usize) -> Self {
         self.gate_logits = total_gates;
@@ -98,7 +103,10 @@ impl FeatureSpec {
 
     /// Feature rows of an eval-mode forward pass.
     pub fn rows(&self, out: &ForwardOutput, templates: &PathTemplates) -> Array2<f64> {
-        let mut blocks = vec![path_features(out, templates)];
+        let mut blocks = Vec::new();
+        if !self.names.is_empty() {
+            blocks.push(path_features(out, templates));
+        }
         if self.path_bits > 0 {
             blocks.push(to_ndarray(&out.path()));
         }

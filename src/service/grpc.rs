@@ -119,7 +119,7 @@ impl ScreeningService {
     }
 
     /// Runs `work`, recording the RPC's code and latency and logging it in the request's span.
-    async fn observed<T>(
+    pub async fn observed<T>(
         &self,
         rpc: &'static str,
         work: impl std::future::Future<Output = Result<T, Status>>,

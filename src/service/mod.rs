@@ -8,6 +8,7 @@ pub mod client;
 pub mod deadline;
 pub mod grpc;
 pub mod input;
+pub mod kserve;
 pub mod limits;
 pub mod metrics;
 pub mod server;
@@ -17,6 +18,11 @@ pub mod worker;
 pub mod proto {
     tonic::include_proto!("pathguard.v1");
 
-    /// Descriptor set of our protos, served by reflection.
+    /// Descriptor set of our protos (both packages), served by reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("pathguard_descriptor");
+}
+
+/// Code generated from `proto/inference/open_inference.proto` (the Open Inference Protocol).
+pub mod inference {
+    tonic::include_proto!("inference");
 }

@@ -1,4 +1,5 @@
-//! `pathguard serve`: binds, serves Screening + health + reflection (+ metrics over HTTP),
+//! `pathguard serve`: binds, serves Screening + the Open Inference Protocol + health +
+//! reflection on one port (+ metrics over HTTP),
 //! loads the model in the background (health says NOT_SERVING until it is ready), and shuts
 //! down gracefully on SIGINT/SIGTERM (health NOT_SERVING, in-flight requests finish, exit 0).
 
@@ -13,6 +14,8 @@ use tonic::server::NamedService;
 use tonic_health::ServingStatus;
 
 use super::grpc::ScreeningService;
+use super::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
+use super::kserve::InferenceService;
 use super::limits::Limits;
 use super::metrics::{serve_metrics, Metrics};
 use super::proto::screening_server::ScreeningServer;
@@ -123,6 +126,9 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
     let screening = ScreeningServer::new(service.clone())
         .max_decoding_message_size(max_bytes)
         .max_encoding_message_size(max_bytes);
+    let inference = GrpcInferenceServiceServer::new(InferenceService { screening: service.clone() })
+        .max_decoding_message_size(max_bytes)
+        .max_encoding_message_size(max_bytes);
 
     let (failure_tx, mut failure_rx) = tokio::sync::mpsc::channel::<Error>(1);
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
@@ -146,6 +152,7 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(screening)
+        .add_service(inference)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
     // Graceful shutdown waits for every open stream; a client watching health forever must
     // not keep the process alive past the grace period.

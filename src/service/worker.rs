@@ -153,7 +153,10 @@ fn model_info(s: &Screener) -> ModelInfo {
         class_names: s.class_names().to_vec(),
         gate_sizes: s.gate_sizes(),
         threshold: s.detector.threshold(),
-        detector_kind: format!("path statistics + path bits, logistic regression ({} features)", s.detector.features.len()),
+        detector_kind: format!(
+            "path detector: noisy-OR of logistic experts ({})",
+            s.detector.experts.iter().map(|e| format!("{}, {} features", e.name, e.features.len())).collect::<Vec<_>>().join("; ")
+        ),
         detector_hash: crate::model::checkpoint::sha256_hex(&detector_json),
         device: crate::device::device_name(s.device),
     }
