@@ -65,12 +65,16 @@ pub const PATH_STATISTICS_EXPERT: &str = "path statistics";
 /// versus the adversarial rows of `blocks`: the gate-logit expert on the full-strength
 /// attacks, the path-statistics expert on the early-stopped ones (minimal, low-confidence
 /// examples). An expert with no such blocks learns from all of them.
-pub fn fit_experts(model: &DecoupledCnn, clean: &Representations, blocks: &[&AttackBlock]) -> Result<Vec<PathExpert>> {
+pub fn fit_experts<'a>(
+    model: &DecoupledCnn,
+    clean: &Representations,
+    blocks: &[&'a AttackBlock],
+) -> Result<Vec<PathExpert>> {
     let sizes = model.config().gate_sizes();
     let total = sizes.iter().sum::<i64>() as usize;
     let (minimal, strong): (Vec<&AttackBlock>, Vec<&AttackBlock>) =
         blocks.iter().copied().partition(|b| b.name.contains("early stop"));
-    let or_all = |v: Vec<&AttackBlock>| if v.is_empty() { blocks.to_vec() } else { v };
+    let or_all = |v: Vec<&'a AttackBlock>| if v.is_empty() { blocks.to_vec() } else { v };
     let experts = [
         (GATE_LOGIT_EXPERT, FeatureSpec::gate_logits_only(sizes.len(), total), or_all(strong)),
         (PATH_STATISTICS_EXPERT, FeatureSpec::for_layers(sizes.len()), or_all(minimal)),
