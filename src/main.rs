@@ -54,6 +54,12 @@ enum Command {
     /// Drop filters that are almost never open: a smaller dense model whose gates still work,
     /// with its accuracy, size, FLOPs and measured throughput against the full model.
     Compact(commands::paths::CompactArgs),
+    /// Path-level analysis on the test split: class x filter open frequencies, class-specific
+    /// versus shared filters, class similarity; PNG, JSON and paths.md.
+    Paths(commands::paths::PathsArgs),
+    /// Explain predictions by their paths: open filters, distances to class templates, the
+    /// filters that separate the prediction from the runner-up, a PNG sheet per image.
+    Explain(commands::explain::ExplainArgs),
 }
 
 #[derive(Args)]
@@ -327,6 +333,8 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => commands::service::run_serve(args),
         Command::LoadTest(args) => commands::service::run_load_test(args),
         Command::Compact(args) => commands::paths::run_compact(args),
+        Command::Paths(args) => commands::paths::run_paths(args),
+        Command::Explain(args) => commands::explain::run_explain(args),
         Command::Screen(args) => match commands::service::run_screen(args) {
             // --fail-on-flag: a distinct status, so that a pipeline can tell "flagged" from "failed".
             Ok(true) => return std::process::ExitCode::from(2),

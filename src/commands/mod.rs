@@ -1,5 +1,6 @@
 //! Subcommands of the `pathguard` binary that live outside main.rs (the binary's modules, not
 //! the library's).
 
+pub mod explain;
 pub mod paths;
 pub mod service;

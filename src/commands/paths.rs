@@ -162,3 +162,153 @@ pub fn run_compact(args: CompactArgs) -> Result<()> {
     println!("wrote {} (with compaction.json)", args.out.display());
     Ok(())
 }
+
+#[derive(Args)]
+pub struct PathsArgs {
+    /// Checkpoint directory
+    #[arg(long, default_value = "models/default")]
+    model: PathBuf,
+    /// Output directory (replaced atomically)
+    #[arg(long, default_value = "reports/paths")]
+    out: PathBuf,
+    /// Test images to analyse (default: all 10,000)
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long, default_value = "auto")]
+    device: String,
+    #[arg(long, default_value_t = 500)]
+    batch_size: usize,
+}
+
+#[derive(Serialize)]
+struct LayerPaths {
+    /// Index of the conv layer in the network.
+    conv_layer: usize,
+    filters: usize,
+    /// frequency[class][filter]: open frequency over the class's test images.
+    frequency: Vec<Vec<f64>>,
+    roles: pathguard::path::analysis::FilterRoles,
+}
+
+#[derive(Serialize)]
+struct PathsReport {
+    command: String,
+    model_hash: String,
+    images: usize,
+    class_names: Vec<String>,
+    layers: Vec<LayerPaths>,
+    /// Jaccard similarity of the classes' binarised templates (all gated layers).
+    class_similarity: Vec<Vec<f64>>,
+}
+
+/// Eval-mode paths (0/1 per gate) of `images`, in batches, with a progress bar.
+fn paths_of(checkpoint: &Checkpoint, images: &Tensor, device: Device, batch_size: usize) -> Result<Vec<Vec<u8>>> {
+    let n = images.size()[0];
+    let bar = pathguard::progress::bar(n as u64, "paths");
+    let mut paths = Vec::with_capacity(n as usize);
+    for start in (0..n).step_by(batch_size.max(1)) {
+        let len = (batch_size as i64).min(n - start);
+        let (_, path) = checkpoint.model.predict(&images.narrow(0, start, len).to_device(device))?;
+        let path = path.to_kind(Kind::Uint8).to_device(Device::Cpu);
+        for i in 0..len {
+            paths.push(Vec::<u8>::try_from(path.get(i))?);
+        }
+        bar.inc(len as u64);
+    }
+    bar.finish_and_clear();
+    Ok(paths)
+}
+
+pub fn run_paths(args: PathsArgs) -> Result<()> {
+    use pathguard::path::analysis::{filter_roles, jaccard_similarity, templates_from_paths};
+    let device = parse_device(&args.device)?;
+    let checkpoint = Checkpoint::load(&args.model, device)?;
+    let mut test = fashion_mnist::load(&fashion_mnist::default_dir(), Split::Test)?;
+    if let Some(n) = args.limit {
+        test = test.take(n);
+    }
+    let paths = paths_of(&checkpoint, &test.images, device, args.batch_size)?;
+    let labels: Vec<usize> = Vec::<i64>::try_from(&test.labels)?.iter().map(|&l| l as usize).collect();
+    let classes = checkpoint.meta.class_names.len();
+    let templates = templates_from_paths(&paths, &labels, classes);
+    let config = checkpoint.model.config();
+    let sizes: Vec<usize> = config.gate_sizes().iter().map(|&s| s as usize).collect();
+    let mut layers = Vec::new();
+    let mut offset = 0;
+    for (&conv_layer, &size) in config.gated_layers().iter().zip(&sizes) {
+        let frequency: Vec<Vec<f64>> = templates.iter().map(|t| t[offset..offset + size].to_vec()).collect();
+        layers.push(LayerPaths { conv_layer, filters: size, roles: filter_roles(&frequency), frequency });
+        offset += size;
+    }
+    let report = PathsReport {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        model_hash: checkpoint.model_hash().to_string(),
+        images: paths.len(),
+        class_names: checkpoint.meta.class_names.clone(),
+        class_similarity: jaccard_similarity(&templates),
+        layers,
+    };
+    let markdown = paths_markdown(&report);
+    pathguard::atomic::write_dir_atomic(&args.out, |tmp| {
+        let names = &report.class_names;
+        for (l, layer) in report.layers.iter().enumerate() {
+            pathguard::path::plots::heatmap(
+                &tmp.join(format!("layer{l}_class_filter.png")),
+                &format!("gated layer {l} (conv {}): open frequency per class (rows) and filter (columns)", layer.conv_layer),
+                names,
+                None,
+                &layer.frequency,
+            )?;
+        }
+        pathguard::path::plots::heatmap(
+            &tmp.join("class_similarity.png"),
+            "class x class path similarity (Jaccard of binarised templates; black = identical)",
+            names,
+            Some(names),
+            &report.class_similarity,
+        )?;
+        let json = serde_json::to_vec_pretty(&report).expect("report serialises");
+        std::fs::write(tmp.join("paths.json"), json).map_err(|e| pathguard::Error::Io { path: tmp.join("paths.json"), source: e })?;
+        std::fs::write(tmp.join("paths.md"), &markdown).map_err(|e| pathguard::Error::Io { path: tmp.join("paths.md"), source: e })
+    })?;
+    println!("{markdown}");
+    println!("wrote {}", args.out.display());
+    Ok(())
+}
+
+fn paths_markdown(report: &PathsReport) -> String {
+    use std::fmt::Write as _;
+    let mut md = String::new();
+    let _ = writeln!(md, "# Calculation paths of model `{}`\n", &report.model_hash[..12]);
+    let _ = writeln!(md, "Command: `{}`. {} test images.\n", report.command, report.images);
+    let _ = writeln!(md, "A filter is *open for* a class when its gate is open for at least half of that class's images.\n");
+    let _ = writeln!(md, "| gated layer | filters | class-specific | shared | open for no class |\n|---|---|---|---|---|");
+    for (l, layer) in report.layers.iter().enumerate() {
+        let r = &layer.roles;
+        let _ = writeln!(md, "| {l} (conv {}) | {} | {} | {} | {} |", layer.conv_layer, layer.filters, r.class_specific, r.shared, r.unused);
+    }
+    let names = &report.class_names;
+    let mut pairs: Vec<(f64, usize, usize)> = Vec::new();
+    for i in 0..names.len() {
+        for j in i + 1..names.len() {
+            pairs.push((report.class_similarity[i][j], i, j));
+        }
+    }
+    pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let _ = writeln!(md, "\nMost similar paths (Jaccard of binarised templates):");
+    for (s, i, j) in pairs.iter().take(3) {
+        let _ = writeln!(md, "- {} / {}: {s:.3}", names[*i], names[*j]);
+    }
+    let _ = writeln!(md, "\nLeast similar:");
+    for (s, i, j) in pairs.iter().rev().take(3) {
+        let _ = writeln!(md, "- {} / {}: {s:.3}", names[*i], names[*j]);
+    }
+    let _ = writeln!(md, "\nClass-specific filters of the last gated layer, per class:");
+    if let Some(last) = report.layers.last() {
+        for (k, filters) in last.roles.specific_by_class.iter().enumerate() {
+            let _ = writeln!(md, "- {}: {} {:?}", names[k], filters.len(), filters);
+        }
+    }
+    let _ = writeln!(md, "\nPictures: `layerL_class_filter.png` (open frequency, black = always open), `class_similarity.png`.");
+    md
+}

@@ -2,7 +2,9 @@
 //! path features detectors are fitted on (converted from tch to ndarray here, so that the
 //! `detectors` crate never sees a tensor).
 
+pub mod analysis;
 pub mod features;
+pub mod plots;
 pub mod templates;
 
 pub use features::{path_features, FeatureSpec, FEATURE_KINDS};
