@@ -169,3 +169,28 @@ impl PathDetector {
         Ok(detector)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn noisy_or_is_high_when_either_expert_is() {
+        let a = Array1::from(vec![0.0, 0.9, 0.0, 0.5]);
+        let b = Array1::from(vec![0.0, 0.0, 0.8, 0.5]);
+        let s = noisy_or(&[a, b]);
+        let expected = [0.0, 0.9, 0.8, 0.75];
+        for (x, y) in s.iter().zip(expected) {
+            assert!((x - y).abs() < 1e-12, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn the_detector_can_be_shared_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<PathDetector>();
+        // The model itself (tch tensors) is Send but not Sync: it lives on one worker thread.
+        fn assert_send<T: Send>() {}
+        assert_send::<crate::screener::Screener>();
+    }
+}

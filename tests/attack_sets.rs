@@ -19,7 +19,7 @@ fn first_test_images(n: usize) -> (fashion_mnist::Dataset, Tensor) {
 }
 
 /// The Python of the torch virtualenv (it has numpy): set by `make test`, else the default place.
-fn python() -> PathBuf {
+pub fn python() -> PathBuf {
     std::env::var_os("PATHGUARD_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
         let home = std::env::var_os("HOME").expect("HOME is set");
         PathBuf::from(home).join(".cache/pathguard/venv-torch-2.13.0/bin/python")

@@ -5,10 +5,13 @@ mod checkpoint;
 mod cli;
 mod data;
 mod detector;
+mod evaluation;
 mod images;
 mod kserve;
 mod linking;
+mod paths;
 mod python_client;
+mod pytorch_reference;
 mod service;
 mod shipped_model;
 

@@ -112,3 +112,19 @@ fn max_softmax_is_one_minus_top_probability() {
     let s = MaxSoftmax.score(probs.view()).unwrap();
     assert!((s[0] - 0.1).abs() < 1e-12 && (s[1] - 0.5).abs() < 1e-12);
 }
+
+#[test]
+fn logistic_detector_reaches_auc_one_when_separable_and_chance_when_not() {
+    let (rows, labels) = two_blobs(200, 4, 10.0);
+    let detector = LogisticDetectorParams::new("x").check().unwrap().fit(rows.view(), &labels).unwrap();
+    let scores = detector.score(rows.view()).unwrap();
+    assert_eq!(roc_auc(scores.as_slice().unwrap(), &labels).unwrap(), 1.0);
+
+    // Identical distributions: fitted on one sample, judged on a fresh one.
+    let (rows, labels) = two_blobs(300, 4, 0.0);
+    let detector = LogisticDetectorParams::new("x").check().unwrap().fit(rows.view(), &labels).unwrap();
+    let fresh = Array2::from_shape_vec((600, 4), noise(99, 2400)).unwrap();
+    let scores = detector.score(fresh.view()).unwrap();
+    let auc = roc_auc(scores.as_slice().unwrap(), &labels).unwrap();
+    assert!((auc - 0.5).abs() < 0.08, "auc {auc} on identical distributions");
+}
