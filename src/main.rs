@@ -60,6 +60,9 @@ enum Command {
     /// Explain predictions by their paths: open filters, distances to class templates, the
     /// filters that separate the prediction from the runner-up, a PNG sheet per image.
     Explain(commands::explain::ExplainArgs),
+    /// Throughput (and attack success) of one workload on the first test images, as JSON:
+    /// our side of bench/compare.sh.
+    Bench(commands::bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -335,6 +338,7 @@ fn main() -> std::process::ExitCode {
         Command::Compact(args) => commands::paths::run_compact(args),
         Command::Paths(args) => commands::paths::run_paths(args),
         Command::Explain(args) => commands::explain::run_explain(args),
+        Command::Bench(args) => commands::bench::run_bench(args),
         Command::Screen(args) => match commands::service::run_screen(args) {
             // --fail-on-flag: a distinct status, so that a pipeline can tell "flagged" from "failed".
             Ok(true) => return std::process::ExitCode::from(2),
