@@ -86,7 +86,16 @@ async fn screen_cli_through_a_server_and_in_process_agree_and_gate_a_pipeline() 
     let remote_records = parse(&std::fs::read_to_string(&remote_out).unwrap());
     let local_records = parse(&String::from_utf8_lossy(&local.stdout));
     assert_eq!(remote_records.len(), 12);
-    assert_eq!(remote_records, local_records, "the same service code in process and over gRPC");
+    // The same service code in process and over gRPC (batches of 5 versus 64 images: the
+    // floats may differ in the last digit).
+    assert_eq!(local_records.len(), 12);
+    for (r, l) in remote_records.iter().zip(&local_records) {
+        for key in ["id", "predicted_class", "predicted_name", "flagged", "threshold", "open_fraction", "template_deviation"] {
+            assert_eq!(r[key], l[key], "{key}");
+        }
+        let (a, b) = (r["adversarial_score"].as_f64().unwrap(), l["adversarial_score"].as_f64().unwrap());
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
 
     // CSV, and --fail-on-flag on PGD images: exit status 2.
     let csv = pathguard()

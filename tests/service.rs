@@ -318,6 +318,35 @@ async fn screening_round_trip_validation_concurrency_streaming_and_metrics() {
     assert!(services.contains(&"pathguard.v1.Screening".to_string()), "{services:?}");
     assert!(services.contains(&"grpc.health.v1.Health".to_string()), "{services:?}");
 
+    // Requests whose deadline passes while queued are dropped before computing: behind a
+    // 1,024-image request (8 forward passes of 128), ten 1-ms requests add no forward pass.
+    let batches = |m: &str| -> u64 {
+        m.lines().find(|l| l.starts_with("pathguard_batch_size_images_count")).unwrap().rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let (big_images, _) = test_images(1024);
+    let before = batches(&http_get(server.metrics, "/metrics"));
+    let big = {
+        let mut client = server.client().await;
+        let request = tensor_request(&big_images);
+        tokio::spawn(async move { client.screen(request).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut late = Vec::new();
+    for _ in 0..10 {
+        let mut client = server.client().await;
+        let mut request = tonic::Request::new(tensor_request(&images.narrow(0, 0, 2)));
+        request.set_timeout(Duration::from_millis(1));
+        late.push(tokio::spawn(async move { client.screen(request).await }));
+    }
+    for task in late {
+        let status = task.await.unwrap().unwrap_err();
+        assert!(matches!(status.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled), "{status:?}");
+    }
+    assert_eq!(big.await.unwrap().unwrap().into_inner().results.len(), 1024);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = batches(&http_get(server.metrics, "/metrics"));
+    assert_eq!(after - before, 8, "only the big request was computed");
+
     // Metrics count what happened.
     let metrics = http_get(server.metrics, "/metrics");
     assert!(metrics.contains(r#"pathguard_requests_total{code="OK",rpc="Screen"}"#), "{metrics}");
