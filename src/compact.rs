@@ -137,3 +137,19 @@ pub fn compact(checkpoint: &Checkpoint, usage: &[Vec<f64>], min_usage: f64, usag
 pub fn parameter_count(checkpoint: &Checkpoint) -> i64 {
     checkpoint.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
 }
+
+/// Per input (`[N]` bool): whether its path opens only filters kept by `kept` (the
+/// compaction record's per-conv-layer indices); `gates` are the full model's gated layers,
+/// which are the conv layers `gated_layers`.
+pub fn uses_only_kept(gates: &[Tensor], kept: &[Vec<i64>], gated_layers: &[usize]) -> Tensor {
+    let n = gates.first().map(|z| z.size()[0]).unwrap_or(0);
+    let device = gates.first().map(|z| z.device()).unwrap_or(Device::Cpu);
+    let mut only_kept = Tensor::ones([n], (Kind::Bool, device));
+    for (z, &layer) in gates.iter().zip(gated_layers) {
+        let mut dropped = Tensor::ones([z.size()[1]], (Kind::Bool, device));
+        let _ = dropped.index_fill_(0, &Tensor::from_slice(&kept[layer]).to_device(device), 0);
+        let opens_dropped = z.gt(0.5).logical_and(&dropped.unsqueeze(0)).any_dim(1, false);
+        only_kept = only_kept.logical_and(&opens_dropped.logical_not());
+    }
+    only_kept
+}

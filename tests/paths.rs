@@ -3,10 +3,10 @@
 
 use std::process::Command;
 
-use pathguard::compact::{compact, filter_usage, parameter_count};
+use pathguard::compact::{compact, filter_usage, parameter_count, uses_only_kept};
 use pathguard::data::fashion_mnist::{self, default_dir, Split};
 use pathguard::model::{Checkpoint, GateMode};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 #[test]
 fn compaction_keeps_logits_of_inputs_whose_paths_use_only_kept_filters() {
@@ -24,15 +24,10 @@ fn compaction_keeps_logits_of_inputs_whose_paths_use_only_kept_filters() {
     let test = fashion_mnist::load(&default_dir(), Split::Test).unwrap().take(1000);
     let out = tch::no_grad(|| full.model.forward_with_path(&test.images, GateMode::Eval));
     let (compact_logits, compact_path) = compacted.model.predict(&test.images).unwrap();
-    let mut only_kept = Tensor::ones([1000], (Kind::Bool, Device::Cpu));
-    let mut kept_gates = Vec::new();
-    for (z, &layer) in out.gates.iter().zip(&full.model.config().gated_layers()) {
-        let keep = Tensor::from_slice(&record.kept[layer]);
-        let mut dropped = Tensor::ones([z.size()[1]], (Kind::Bool, Device::Cpu));
-        let _ = dropped.index_fill_(0, &keep, 0);
-        only_kept = only_kept.logical_and(&z.gt(0.5).logical_and(&dropped.unsqueeze(0)).any_dim(1, false).logical_not());
-        kept_gates.push(z.index_select(1, &keep));
-    }
+    let gated = full.model.config().gated_layers();
+    let only_kept = uses_only_kept(&out.gates, &record.kept, &gated);
+    let kept_gates: Vec<Tensor> =
+        out.gates.iter().zip(&gated).map(|(z, &layer)| z.index_select(1, &Tensor::from_slice(&record.kept[layer]))).collect();
     let rows = only_kept.nonzero().squeeze_dim(1);
     assert!(rows.size()[0] >= 20, "only {} inputs use kept filters only", rows.size()[0]);
     let diff = (out.logits.index_select(0, &rows) - compact_logits.index_select(0, &rows)).abs().max().double_value(&[]);

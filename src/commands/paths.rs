@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use pathguard::compact::{compact, filter_usage, parameter_count};
+use pathguard::compact::{compact, filter_usage, parameter_count, uses_only_kept};
 use pathguard::data::{fashion_mnist, Split};
 use pathguard::device::parse_device;
 use pathguard::model::{Checkpoint, GateMode};
@@ -105,14 +105,7 @@ pub fn run_compact(args: CompactArgs) -> Result<()> {
     let sample = test.take(2048);
     let full_out = tch::no_grad(|| full.model.forward_with_path(&sample.images.to_device(device), GateMode::Eval));
     let compact_logits = compacted.model.predict(&sample.images.to_device(device))?.0;
-    let gated: Vec<usize> = full.model.config().gated_layers();
-    let mut only_kept = Tensor::ones([sample.len() as i64], (Kind::Bool, device));
-    for (z, &layer) in full_out.gates.iter().zip(&gated) {
-        let mut dropped = Tensor::ones([z.size()[1]], (Kind::Bool, device));
-        let _ = dropped.index_fill_(0, &Tensor::from_slice(&kept[layer]).to_device(device), 0);
-        let uses_dropped = z.gt(0.5).logical_and(&dropped.unsqueeze(0)).any_dim(1, false);
-        only_kept = only_kept.logical_and(&uses_dropped.logical_not());
-    }
+    let only_kept = uses_only_kept(&full_out.gates, &kept, &full.model.config().gated_layers());
     let rows = only_kept.nonzero().squeeze_dim(1);
     let exact_inputs = rows.size()[0] as usize;
     let max_diff = if exact_inputs == 0 {
