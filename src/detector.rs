@@ -89,12 +89,19 @@ impl PathDetector {
 
     /// Adversarial scores in [0, 1] for an eval-mode forward pass.
     pub fn score(&self, out: &ForwardOutput) -> Result<Array1<f64>> {
+        Ok(self.score_with_statistics(out)?.0)
+    }
+
+    /// The scores and the path statistics (see [`crate::path::features`]) of a forward pass,
+    /// the statistics computed once for the experts and the caller's path summaries.
+    pub fn score_with_statistics(&self, out: &ForwardOutput) -> Result<(Array1<f64>, Array2<f64>)> {
+        let statistics = crate::path::path_features(out, &self.templates);
         let scores = self
             .experts
             .iter()
-            .map(|e| e.score_rows(&e.features.rows(out, &self.templates)))
+            .map(|e| e.score_rows(&e.features.rows_with(&statistics, out)))
             .collect::<Result<Vec<_>>>()?;
-        Ok(noisy_or(&scores))
+        Ok((noisy_or(&scores), statistics))
     }
 
     /// Per-expert scores of precomputed representations (computed with these templates).

@@ -74,8 +74,7 @@ impl Screener {
         let x = images.to_device(self.device);
         model.check_input(&x)?;
         let out = tch::no_grad(|| model.forward_with_path(&x, GateMode::Eval));
-        let scores = self.detector.score(&out)?;
-        let rows = crate::path::path_features(&out, &self.detector.templates);
+        let (scores, rows) = self.detector.score_with_statistics(&out)?;
         let probabilities = out.logits.softmax(1, Kind::Float).to_device(Device::Cpu);
         let predicted = Vec::<i64>::try_from(out.logits.argmax(1, false).to_device(Device::Cpu))?;
         let path = Vec::<u8>::try_from(out.path().to_kind(Kind::Uint8).to_device(Device::Cpu).contiguous().view([-1]))?;

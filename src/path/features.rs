@@ -103,9 +103,20 @@ impl FeatureSpec {
 
     /// Feature rows of an eval-mode forward pass.
     pub fn rows(&self, out: &ForwardOutput, templates: &PathTemplates) -> Array2<f64> {
+        let statistics = (!self.names.is_empty()).then(|| path_features(out, templates));
+        self.assemble(statistics.as_ref(), out)
+    }
+
+    /// The same, with the path statistics of `out` already computed (so that several specs
+    /// and the caller can share them).
+    pub fn rows_with(&self, statistics: &Array2<f64>, out: &ForwardOutput) -> Array2<f64> {
+        self.assemble(Some(statistics), out)
+    }
+
+    fn assemble(&self, statistics: Option<&Array2<f64>>, out: &ForwardOutput) -> Array2<f64> {
         let mut blocks = Vec::new();
-        if !self.names.is_empty() {
-            blocks.push(path_features(out, templates));
+        if let (false, Some(statistics)) = (self.names.is_empty(), statistics) {
+            blocks.push(statistics.clone());
         }
         if self.path_bits > 0 {
             blocks.push(to_ndarray(&out.path()));
