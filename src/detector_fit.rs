@@ -136,13 +136,10 @@ pub fn fit_path_detector(
     let val_material = AttackMaterial::build(model, device, &val_part, &detector.templates, &planned, &material_options)?;
     let (val_clean, val_adv) = (val_material.clean(), val_material.adversarial("").expect("at least one attack"));
     detector.calibrate(&val_clean, options.target_fpr)?;
-    let scores: Vec<f64> = detector
-        .score_representations(&val_clean)?
-        .iter()
-        .chain(detector.score_representations(&val_adv)?.iter())
-        .copied()
-        .collect();
-    let val_labels: Vec<bool> = (0..scores.len()).map(|i| i >= val_clean.len()).collect();
+    let (scores, val_labels) = crate::evaluation::labelled_scores(
+        &detector.score_representations(&val_clean)?,
+        &detector.score_representations(&val_adv)?,
+    );
     let validation = DetectionMetrics::compute(&scores, &val_labels, detector.threshold)
         .map_err(|e| Error::Config(format!("validating the detector: {e}")))?;
 

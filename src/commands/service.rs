@@ -155,12 +155,12 @@ pub fn run_screen(args: ScreenArgs) -> Result<bool> {
             None => {
                 let device = parse_device(&args.device)?;
                 let metrics = Arc::new(Metrics::new());
-                let model = args.model.clone();
-                let workers = tokio::task::spawn_blocking(move || Workers::start(&model, device, Limits::default(), metrics.clone()))
+                let (model, worker_metrics) = (args.model.clone(), metrics.clone());
+                let workers = tokio::task::spawn_blocking(move || Workers::start(&model, device, Limits::default(), worker_metrics))
                     .await
                     .context("loading the model")??;
                 let cell = tokio::sync::OnceCell::new_with(Some(Arc::new(workers)));
-                Backend::InProcess(ScreeningService { workers: Arc::new(cell), metrics: Arc::new(Metrics::new()) })
+                Backend::InProcess(ScreeningService { workers: Arc::new(cell), metrics })
             }
         };
         backend

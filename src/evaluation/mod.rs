@@ -80,9 +80,15 @@ pub fn standard_attacks(eps: &[f64], pgd_steps: usize, l2_eps: f64, slow_limit: 
     (seen, unseen)
 }
 
-fn metrics(detector: &str, attack: &str, clean: &Array1<f64>, adversarial: &Array1<f64>) -> Result<DetectionResult> {
+/// Clean scores then adversarial scores, with their labels (`true` = adversarial).
+pub fn labelled_scores(clean: &Array1<f64>, adversarial: &Array1<f64>) -> (Vec<f64>, Vec<bool>) {
     let scores: Vec<f64> = clean.iter().chain(adversarial.iter()).copied().collect();
     let labels: Vec<bool> = (0..scores.len()).map(|i| i >= clean.len()).collect();
+    (scores, labels)
+}
+
+fn metrics(detector: &str, attack: &str, clean: &Array1<f64>, adversarial: &Array1<f64>) -> Result<DetectionResult> {
+    let (scores, labels) = labelled_scores(clean, adversarial);
     let wrap = |e: detectors::DetectorError| Error::Config(format!("{detector} on {attack}: {e}"));
     Ok(DetectionResult {
         detector: detector.into(),
@@ -176,8 +182,7 @@ pub fn evaluate(inputs: &EvaluationInputs, options: &EvaluateOptions) -> Result<
         for ((name, clean), (_, adversarial)) in clean_scores.iter().zip(&adversarial_scores) {
             let result = metrics(name, &block.name, clean, adversarial)?;
             if draw {
-                let scores: Vec<f64> = clean.iter().chain(adversarial.iter()).copied().collect();
-                let labels: Vec<bool> = (0..scores.len()).map(|i| i >= clean.len()).collect();
+                let (scores, labels) = labelled_scores(clean, adversarial);
                 let curve = detectors::roc_curve(&scores, &labels).map_err(|e| Error::Config(e.to_string()))?;
                 roc_curves.push((name.to_string(), result.auroc, curve));
             }

@@ -67,12 +67,6 @@ impl FeatureSpec {
         FeatureSpec { layers, names: Vec::new(), path_bits: 0, gate_logits: total_gates }
     }
 
-    /// Followed by the `total_gates` gate logits.
-    pub fn with_gate_logits(mut self, total_gates: usize) -> Self {
-        self.gate_logits = total_gates;
-        self
-    }
-
     /// Columns of a feature row.
     pub fn len(&self) -> usize {
         self.names.len() + self.path_bits + self.gate_logits
