@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # pathguard side by side with the peers users would pick instead, on this machine, the same
 # weights and the same images: PyTorch eager running the twin of our model
-# (bench/python/pathguard_ref.py) and torchattacks on that twin. A and B runs alternate;
-# figures are medians. Prints one Markdown table (about 5 minutes on 2 cores).
+# (bench/python/pathguard_ref.py), torchattacks on that twin, and the Adversarial Robustness
+# Toolbox's BinaryActivationDetector on it. A and B runs alternate; figures are medians.
+# Prints Markdown tables (about 12 minutes on 2 cores).
 #
-#   bench/compare.sh            (after `make build`; sets up torchattacks in bench/.peers)
+#   bench/compare.sh            (after `make build`; sets up the peers in bench/.peers)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,13 +16,15 @@ BIN=target/release/pathguard
 MODEL=models/default
 [ -x "$PYTHON" ] && [ -x "$BIN" ] || { echo "run 'make build' first" >&2; exit 1; }
 
-# torchattacks (and the scipy it imports) go into a directory of their own with --no-deps:
+# torchattacks, ART and what they import go into a directory of their own with --no-deps:
 # installing them normally would upgrade torch in the shared virtualenv.
-if [ ! -f "$PEERS/.installed" ]; then
+if [ ! -f "$PEERS/.installed-v2" ]; then
   rm -rf "$PEERS"
   "$PYTHON" -m pip install --disable-pip-version-check --quiet --target "$PEERS" --no-deps \
-    torchattacks==3.5.1 scipy==1.16.3 tqdm==4.67.1 requests==2.32.5
-  touch "$PEERS/.installed"
+    torchattacks==3.5.1 scipy==1.16.3 tqdm==4.67.1 requests==2.32.5 \
+    adversarial-robustness-toolbox==1.20.1 scikit-learn==1.7.2 joblib==1.5.2 \
+    threadpoolctl==3.6.0 six==1.17.0 packaging==25.0
+  touch "$PEERS/.installed-v2"
 fi
 export PYTHONPATH=$PWD/$PEERS
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
@@ -60,8 +63,30 @@ FGSM_A=$(field success_rate_on_correct "$LAST_A"); FGSM_B=$(field success_rate_o
 compare "PGD-40 eps 0.1, batch 128, 1,000 images (peer: torchattacks), one run each" 1 \
   "pgd --batch 128 --images 1000" "pgd --batch 128 --images 1000"
 PGD_A=$(field success_rate_on_correct "$LAST_A"); PGD_B=$(field success_rate_on_correct "$LAST_B")
+compare "one decoupled-training epoch (4 losses, AdamW), batch 128, 2,048 training images (peer: PyTorch eager)" 3 \
+  "train --batch 128 --images 2048 --repeats 1" "train --batch 128 --images 2048 --repeats 1"
 echo
 echo "| attack success on the correctly classified of the same 1,000 test images | pathguard | torchattacks |"
 echo "|---|---|---|"
 printf '| FGSM eps 0.1 | %.3f | %.3f |\n' "$FGSM_A" "$FGSM_B"
 printf '| PGD-40 eps 0.1, random start | %.3f | %.3f |\n' "$PGD_A" "$PGD_B"
+
+# Detection: our detector and ART's, fitted on the same clean and attacked training images
+# and scored on the same test images (ours writes every image it used; ART reads them).
+DETECT=$(mktemp -d)
+trap 'rm -rf "$DETECT"' EXIT
+OURS=$(ours detect --train-images 800 --images 500 --out "$DETECT/images")
+THEIRS=$(peer detect --dir "$DETECT/images")
+echo
+"$PYTHON" - "$OURS" "$THEIRS" <<'PY'
+import json, sys
+ours, theirs = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+print(f"Detection AUROC: fitted on {ours['train_clean']} clean + {ours['train_adversarial']} fooled training images "
+      f"(FGSM, PGD-40, early-stopped PGD-40, eps 0.1); ART's layer chosen on held-out training rows: "
+      f"block {theirs['layer']} {theirs['layer_shape']}")
+print()
+print("| test attack (clean / fooled test images) | pathguard path detector | ART BinaryActivationDetector | difference |")
+print("|---|---|---|---|")
+for a, b in zip(ours["test"], theirs["test"]):
+    print(f"| {a['attack']} ({a['clean']} / {a['adversarial']}) | {a['auroc']:.3f} | {b['auroc']:.3f} | {a['auroc'] - b['auroc']:+.3f} |")
+PY

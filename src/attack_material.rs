@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use ndarray::Array2;
 use tch::{Device, Kind, Tensor};
 
 use crate::attack_set::{run_attack, AttackParams, GateGradient};
@@ -21,6 +22,9 @@ pub struct AttackBlock {
     /// Correctly classified clean images that were attacked.
     pub attempted: usize,
     pub fooled: Representations,
+    /// The fooled images themselves, flattened `[fooled, C*H*W]`, when
+    /// [`MaterialOptions::keep_images`] asked for them (to hand the same images to a peer).
+    pub images: Option<Array2<f32>>,
     pub seconds: f64,
 }
 
@@ -52,6 +56,8 @@ pub struct MaterialOptions {
     pub gates: GateGradient,
     pub batch_size: usize,
     pub show_progress: bool,
+    /// Keep each block's fooled images ([`AttackBlock::images`]).
+    pub keep_images: bool,
 }
 
 impl AttackMaterial {
@@ -83,7 +89,11 @@ impl AttackMaterial {
                 options.show_progress,
             )?;
             let reps = Representations::compute(model, device, &outcome.adversarial, templates, options.batch_size)?;
-            let block = material.block(describe_attack(&planned.params), &reps, &labels[..n], outcome.stats.seconds);
+            let mut block = material.block(describe_attack(&planned.params), &reps, &labels[..n], outcome.stats.seconds);
+            if options.keep_images {
+                let rows: Vec<i64> = (0..n).filter(|&i| material.correct[i] && reps.predictions[i] != labels[i]).map(|i| i as i64).collect();
+                block.images = Some(flat_rows(&outcome.adversarial.index_select(0, &Tensor::from_slice(&rows)))?);
+            }
             material.attacks.push(block);
         }
         Ok(material)
@@ -136,7 +146,7 @@ impl AttackMaterial {
         let attacked: Vec<usize> = (0..labels.len()).filter(|&i| self.correct[i]).collect();
         let fooled: Vec<usize> =
             attacked.iter().copied().filter(|&i| adversarial.predictions[i] != labels[i]).collect();
-        AttackBlock { name, attempted: attacked.len(), fooled: adversarial.select(&fooled), seconds }
+        AttackBlock { name, attempted: attacked.len(), fooled: adversarial.select(&fooled), images: None, seconds }
     }
 
     /// The correctly classified clean images.
@@ -151,6 +161,14 @@ impl AttackMaterial {
             self.attacks.iter().filter(|b| b.name.starts_with(prefix)).map(|b| &b.fooled).collect();
         Representations::concat(&parts)
     }
+}
+
+/// `[N, C, H, W]` images as `[N, C*H*W]` rows.
+pub fn flat_rows(images: &Tensor) -> Result<Array2<f32>> {
+    let n = images.size()[0] as usize;
+    let values = Vec::<f32>::try_from(images.to_kind(Kind::Float).contiguous().view([-1]))?;
+    let width = if n == 0 { 0 } else { values.len() / n };
+    Ok(Array2::from_shape_vec((n, width), values).expect("rows of equal width"))
 }
 
 /// "pgd eps 0.1 (40 steps)"-style description of an attack.

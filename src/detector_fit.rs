@@ -127,7 +127,7 @@ pub fn fit_path_detector(
     let planned: Vec<PlannedAttack> =
         options.attacks.iter().map(|params| PlannedAttack { params: params.clone(), max_images: None }).collect();
     let material_options =
-        MaterialOptions { gates: options.gates, batch_size: options.batch_size, show_progress: options.show_progress };
+        MaterialOptions { gates: options.gates, batch_size: options.batch_size, show_progress: options.show_progress, keep_images: false };
     let fit_material = AttackMaterial::build(model, device, &fit_part, &templates, &planned, &material_options)?;
     let (clean, adversarial) = (fit_material.clean(), fit_material.adversarial("").expect("at least one attack"));
     let blocks: Vec<&AttackBlock> = fit_material.attacks.iter().collect();

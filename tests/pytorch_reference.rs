@@ -4,6 +4,8 @@
 use std::process::Command;
 
 use pathguard::data::fashion_mnist::{self, default_dir, Split};
+use pathguard::model::gate::GateMode;
+use pathguard::model::losses::decoupling_loss;
 use pathguard::model::Checkpoint;
 use tch::Device;
 
@@ -15,11 +17,15 @@ fn pytorch_twin_matches_logits_and_paths_on_256_test_images() {
     let values = Vec::<f32>::try_from(test.images.flatten(0, -1)).unwrap();
     let npy = dir.path().join("images.npy");
     ndarray_npy::write_npy(&npy, &ndarray::Array4::from_shape_vec((256, 1, 28, 28), values).unwrap()).unwrap();
+    let labels_npy = dir.path().join("labels.npy");
+    let labels = Vec::<i64>::try_from(&test.labels).unwrap();
+    ndarray_npy::write_npy(&labels_npy, &ndarray::Array1::from_vec(labels)).unwrap();
     let run = Command::new(&python)
         .arg(crate::repo_root().join("bench/python/pathguard_ref.py"))
         .arg(crate::default_model_dir())
         .arg(&npy)
         .arg(dir.path())
+        .arg(&labels_npy)
         .output()
         .unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
@@ -35,4 +41,20 @@ fn pytorch_twin_matches_logits_and_paths_on_256_test_images() {
     assert!(max_diff < 1e-4, "logits differ by up to {max_diff}");
     let differing = ours_path.iter().zip(theirs_path.iter()).filter(|(a, b)| a != b).count();
     assert_eq!(differing, 0, "{differing} path bits differ");
+
+    // The training losses (what the training-speed comparison runs) agree term by term on
+    // the same deterministic pass: hard gates, running BatchNorm statistics.
+    let theirs_losses: ndarray::Array1<f32> = ndarray_npy::read_npy(dir.path().join("losses.npy")).unwrap();
+    let out = tch::no_grad(|| checkpoint.model.forward_with_path(&test.images, GateMode::Eval));
+    let weights = checkpoint.meta.training.as_ref().unwrap().options.loss.clone();
+    let terms = decoupling_loss(&out, &test.labels, &weights);
+    let ours_losses = [&terms.cross_entropy, &terms.mutual_information, &terms.alignment, &terms.sparsity]
+        .map(|t| t.double_value(&[]));
+    for (name, (ours, theirs)) in ["cross-entropy", "mutual information", "alignment", "sparsity"]
+        .iter()
+        .zip(ours_losses.iter().zip(theirs_losses.iter()))
+    {
+        let tolerance = 1e-4 * ours.abs().max(1.0);
+        assert!((ours - *theirs as f64).abs() < tolerance, "{name}: ours {ours}, PyTorch {theirs}");
+    }
 }

@@ -2,10 +2,11 @@
 """The pathguard decoupled CNN in PyTorch, loading a pathguard checkpoint directory
 (config.json + model.safetensors) by tensor name: pathguard models open in PyTorch.
 
-    python pathguard_ref.py MODEL_DIR IMAGES.npy OUT_DIR
+    python pathguard_ref.py MODEL_DIR IMAGES.npy OUT_DIR [LABELS.npy]
 
 writes OUT_DIR/logits.npy (float32 [N, classes]) and OUT_DIR/path.npy (uint8 [N, gates]) of
-an eval-mode forward pass. Only torch and numpy are needed (the safetensors format is read
+an eval-mode forward pass; with labels also OUT_DIR/losses.npy (float32 [4]: cross-entropy,
+mutual information, alignment KL, sparsity) of that pass, the training losses on hard gates. Only torch and numpy are needed (the safetensors format is read
 directly: an 8-byte header length, a JSON header, then the raw tensors).
 """
 
@@ -36,6 +37,30 @@ def load_safetensors(path):
         buffer = bytearray(body[start:end])
         tensors[name] = torch.frombuffer(buffer, dtype=DTYPES[info["dtype"]]).reshape(info["shape"]).clone()
     return tensors
+
+
+def semantic_hashing(logits):
+    """Improved semantic hashing: noisy logits; a random half of the entries take the hard 0/1
+    value, the rest the saturated sigmoid; gradients flow as if soft everywhere."""
+    noisy = logits + torch.randn_like(logits)
+    soft = (torch.sigmoid(noisy) * 1.2 - 0.1).clamp(0.0, 1.0)
+    hard = (noisy > 0).to(logits.dtype)
+    value = torch.where(torch.rand_like(logits) < 0.5, hard, soft)
+    return soft + (value - soft).detach()
+
+
+def hard_gates(logits):
+    return (logits > 0).to(logits.dtype)
+
+
+def decoupling_loss(logits, gates, pooled, mi_logits, labels, mi=0.04, alignment=1.0, sparsity=2e-3, density=0.5):
+    """(total, [CE, MI, KL, sparsity]) exactly as src/model/losses.rs computes them."""
+    n = labels.shape[0]
+    ce = F.cross_entropy(logits, labels)
+    l_mi = sum(F.cross_entropy(m, labels) for m in mi_logits)
+    l_kl = sum(F.kl_div(F.log_softmax(o, 1), F.softmax(z, 1), reduction="sum") / n for z, o in zip(gates, pooled))
+    l_s = sum((z.sum(1).mean() - density * z.shape[1]).abs() for z in gates)
+    return ce + mi * l_mi + alignment * l_kl + sparsity * l_s, [ce, l_mi, l_kl, l_s]
 
 
 class ControlModule(nn.Module):
@@ -87,6 +112,22 @@ class DecoupledCNN(nn.Module):
             h = F.max_pool2d(out, 2) if block.pool_after else out
         return self.classifier(h.mean(dim=(2, 3))), gates
 
+    def forward_with_heads(self, x, gate=semantic_hashing):
+        """The pass the losses need: logits, gates, pooled pre-gate outputs and MI-head logits
+        per gated layer. Training uses semantic-hashing gates (and, in train(), batch-statistics
+        BatchNorm); `gate=hard_gates` on an eval() model is deterministic, for tests."""
+        gates, pooled, mi_logits, h = [], [], [], x
+        for block in self.blocks:
+            out = F.relu(block.bn(block.conv(h)))
+            if block.acm is not None:
+                z = gate(block.acm(h))
+                gates.append(z)
+                pooled.append(out.mean(dim=(2, 3)))
+                mi_logits.append(block.acm.mi_head(z))
+                out = out * z[:, :, None, None]
+            h = F.max_pool2d(out, 2) if block.pool_after else out
+        return self.classifier(h.mean(dim=(2, 3))), gates, pooled, mi_logits
+
     @classmethod
     def load(cls, model_dir):
         model_dir = pathlib.Path(model_dir)
@@ -111,6 +152,10 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "logits.npy", logits.numpy())
     np.save(out / "path.npy", torch.cat(gates, dim=1).to(torch.uint8).numpy())
+    if len(sys.argv) > 4:
+        labels = torch.from_numpy(np.load(sys.argv[4]).astype(np.int64))
+        _, terms = decoupling_loss(*model.forward_with_heads(images, gate=hard_gates), labels)
+        np.save(out / "losses.npy", np.array([t.item() for t in terms], dtype=np.float32))
 
 
 if __name__ == "__main__":

@@ -1,15 +1,23 @@
 //! `pathguard bench`: our side of bench/compare.sh, on the first test images. Prints JSON.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
+use ndarray::{Array2, Axis};
+use pathguard::atomic::write_dir_atomic;
+use pathguard::attack_material::{flat_rows, AttackBlock, AttackMaterial, MaterialOptions, PlannedAttack};
 use pathguard::attack_set::{run_attack, AttackParams, GateGradient};
+use pathguard::data::Dataset;
+use pathguard::detector::PathDetector;
+use pathguard::detector_fit::{fit_experts, fit_templates};
+use pathguard::evaluation::labelled_scores;
 use pathguard::data::{fashion_mnist, Split};
 use pathguard::device::parse_device;
 use pathguard::model::Checkpoint;
 use pathguard::screener::Screener;
+use pathguard::train::{train, TrainOptions};
 use tch::{Device, Kind, Tensor};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -21,6 +29,14 @@ pub enum What {
     Fgsm,
     /// PGD-40 with random start
     Pgd,
+    /// Fit the path detector on clean vs FGSM / PGD-40 / early-stopped PGD-40 training images
+    /// (eps 0.1), score clean and attacked test images (those three plus unseen C&W and
+    /// DeepFool on the first 200); writes every image used to --out so a peer detector sees
+    /// the same ones
+    Detect,
+    /// One decoupled-training epoch (noisy gates, all four losses, AdamW) over the first N
+    /// training images, from the model's weights
+    Train,
 }
 
 #[derive(Args)]
@@ -31,7 +47,7 @@ pub struct BenchArgs {
     model: PathBuf,
     #[arg(long, default_value_t = 128)]
     batch: usize,
-    /// Test images to run on (the first N)
+    /// Test images to run on (the first N; training images for `train`)
     #[arg(long, default_value_t = 2048)]
     images: usize,
     #[arg(long, default_value_t = 3)]
@@ -43,6 +59,12 @@ pub struct BenchArgs {
     gates: GateGradient,
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Training images for `detect` (the first N)
+    #[arg(long, default_value_t = 1000)]
+    train_images: usize,
+    /// Where `detect` writes the images it used (npy) and its scores
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -79,6 +101,23 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
                 .collect::<Result<Vec<_>>>()?;
             serde_json::json!({ "images_per_second": median(rates) })
         }
+        What::Train => {
+            let train_set = fashion_mnist::load(&fashion_mnist::default_dir(), Split::Train)?.take(args.images);
+            let options = TrainOptions { epochs: 1, batch_size: args.batch, ..TrainOptions::default() };
+            let rates = (0..args.repeats)
+                .map(|_| {
+                    let checkpoint = Checkpoint::load(&args.model, device)?;
+                    // The per-epoch test evaluation is not part of the timed figure.
+                    let history = train(&checkpoint.vs, &checkpoint.model, &train_set, &test.take(1), &options, |_| {})?;
+                    Ok(history[0].train_images_per_second)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            serde_json::json!({ "images_per_second": median(rates) })
+        }
+        What::Detect => {
+            let Some(out) = &args.out else { bail!("bench detect needs --out DIR for the images it hands to the peer") };
+            detect(&args, device, &test, out)?
+        }
         What::Fgsm | What::Pgd => {
             let checkpoint = Checkpoint::load(&args.model, device)?;
             let params = match args.what {
@@ -95,4 +134,62 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
     };
     println!("{json}");
     Ok(())
+}
+
+/// Our side of the detection comparison: fits the path detector on the first
+/// `--train-images` training images and their attacks, scores the test material, and writes
+/// every clean and fooled image it used (train_clean.npy, train_adversarial.npy,
+/// test_clean.npy, test_<attack>.npy, flattened rows) plus attacks.json naming the test files.
+fn detect(args: &BenchArgs, device: Device, test: &Dataset, out: &Path) -> Result<serde_json::Value> {
+    let checkpoint = Checkpoint::load(&args.model, device)?;
+    let model = &checkpoint.model;
+    let train_set = fashion_mnist::load(&fashion_mnist::default_dir(), Split::Train)?.take(args.train_images);
+    let options = MaterialOptions { gates: args.gates, batch_size: args.batch, show_progress: true, keep_images: true };
+    let plan = |params: AttackParams| PlannedAttack { params: AttackParams { seed: 0, ..params }, max_images: None };
+    let pgd = |early_stop: bool| AttackParams { steps: Some(40), random_start: !early_stop, early_stop, ..AttackParams::new("pgd", args.eps) };
+    let seen = vec![plan(AttackParams::new("fgsm", args.eps)), plan(pgd(false)), plan(pgd(true))];
+    // The slow optimisation attacks run on the first 200 test images (as in `evaluate`).
+    let slow = |params: AttackParams| PlannedAttack { max_images: Some(200), ..plan(params) };
+    let unseen = vec![slow(AttackParams::new("cw", 0.0)), slow(AttackParams::new("deepfool", 0.0))];
+
+    let templates = fit_templates(model, device, &train_set, args.batch)?;
+    let train_material = AttackMaterial::build(model, device, &train_set, &templates, &seen, &options)?;
+    let blocks: Vec<&AttackBlock> = train_material.attacks.iter().collect();
+    let detector =
+        PathDetector::new(checkpoint.model_hash(), templates, fit_experts(model, &train_material.clean(), &blocks)?);
+    let all: Vec<PlannedAttack> = seen.into_iter().chain(unseen).collect();
+    let test_material = AttackMaterial::build(model, device, test, &detector.templates, &all, &options)?;
+
+    let clean_scores = detector.score_representations(&test_material.clean())?;
+    let mut results = Vec::new();
+    for (i, block) in test_material.attacks.iter().enumerate() {
+        let (scores, labels) = labelled_scores(&clean_scores, &detector.score_representations(&block.fooled)?);
+        let auroc = detectors::roc_auc(&scores, &labels)?;
+        results.push(serde_json::json!({
+            "attack": block.name, "file": format!("test_{i}.npy"), "auroc": auroc,
+            "clean": clean_scores.len(), "adversarial": block.fooled.len(),
+        }));
+    }
+    let correct_rows = |material: &AttackMaterial, data: &Dataset| -> Result<Array2<f32>> {
+        let rows: Vec<i64> = (0..material.correct.len()).filter(|&i| material.correct[i]).map(|i| i as i64).collect();
+        Ok(flat_rows(&data.images.index_select(0, &Tensor::from_slice(&rows)))?)
+    };
+    let kept = |b: &AttackBlock| b.images.clone().expect("keep_images was set");
+    let train_adversarial: Vec<Array2<f32>> = train_material.attacks.iter().map(kept).collect();
+    let views: Vec<_> = train_adversarial.iter().map(|a| a.view()).collect();
+    let attacks_json = serde_json::json!({ "train_attacks": train_material.attacks.iter().map(|b| &b.name).collect::<Vec<_>>(), "test": results });
+    let mut files = vec![
+        ("train_clean.npy".to_string(), correct_rows(&train_material, &train_set)?),
+        ("train_adversarial.npy".to_string(), ndarray::concatenate(Axis(0), &views)?),
+        ("test_clean.npy".to_string(), correct_rows(&test_material, test)?),
+    ];
+    files.extend(test_material.attacks.iter().enumerate().map(|(i, b)| (format!("test_{i}.npy"), kept(b))));
+    write_dir_atomic(out, |dir| {
+        let fail = |name: &str, e: String| pathguard::error::Error::Config(format!("writing {}: {e}", dir.join(name).display()));
+        for (name, rows) in &files {
+            ndarray_npy::write_npy(dir.join(name), rows).map_err(|e| fail(name, e.to_string()))?;
+        }
+        std::fs::write(dir.join("attacks.json"), attacks_json.to_string()).map_err(|e| fail("attacks.json", e.to_string()))
+    })?;
+    Ok(serde_json::json!({ "train_clean": train_material.clean().len(), "train_adversarial": views.iter().map(|v| v.nrows()).sum::<usize>(), "test": attacks_json["test"] }))
 }

@@ -107,7 +107,7 @@ pub fn evaluate(inputs: &EvaluationInputs, options: &EvaluateOptions) -> Result<
         return Err(Error::Config("evaluate needs at least one training (seen) attack".into()));
     }
     let material_options =
-        MaterialOptions { gates: options.gates, batch_size: options.batch_size, show_progress: options.show_progress };
+        MaterialOptions { gates: options.gates, batch_size: options.batch_size, show_progress: options.show_progress, keep_images: false };
     let (model, device, templates) = (inputs.model, inputs.device, inputs.templates);
 
     eprintln!("attacking {} training images", inputs.train.len());

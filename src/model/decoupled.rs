@@ -101,6 +101,13 @@ impl DecoupledCnn {
 
     /// Forward pass returning logits and the path. `x` is `[N, C, H, W]` float32 in [0, 1].
     pub fn forward_with_path(&self, x: &Tensor, mode: GateMode) -> ForwardOutput {
+        self.forward(x, mode, true)
+    }
+
+    /// The forward pass. Without `heads`, `pooled_outputs` and `mi_logits` stay empty: they
+    /// feed only the training losses and the path statistics, and cost two extra ops per
+    /// gated layer, which shows at batch 1.
+    fn forward(&self, x: &Tensor, mode: GateMode, heads: bool) -> ForwardOutput {
         let train = mode.is_training();
         let mut h = x.shallow_clone();
         let mut gates = Vec::new();
@@ -114,8 +121,10 @@ impl DecoupledCnn {
                     let logits = control.gate_logits(&h);
                     let z = gates_from_logits(&logits, mode);
                     gate_logits.push(logits);
-                    pooled_outputs.push(out.mean_dim([2i64, 3].as_slice(), false, Kind::Float));
-                    mi_logits.push(control.mi_logits(&z));
+                    if heads {
+                        pooled_outputs.push(out.mean_dim([2i64, 3].as_slice(), false, Kind::Float));
+                        mi_logits.push(control.mi_logits(&z));
+                    }
                     let (n, c) = (z.size()[0], z.size()[1]);
                     let gated = out * z.view([n, c, 1, 1]);
                     gates.push(z);
@@ -135,7 +144,7 @@ impl DecoupledCnn {
     /// Eval-mode forward without gradients: `(logits, path)` with path `[N, total_gates]`.
     pub fn predict(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         self.check_input(x)?;
-        let out = tch::no_grad(|| self.forward_with_path(x, GateMode::Eval));
+        let out = tch::no_grad(|| self.forward(x, GateMode::Eval, false));
         let path = out.path();
         Ok((out.logits, path))
     }
