@@ -50,7 +50,7 @@ impl DifferentiableClassifier for ModelClassifier<'_> {
             GateGradient::Hard => GateMode::Eval,
             GateGradient::Surrogate => GateMode::EvalSurrogate,
         };
-        self.model.forward_with_path(images, mode).logits
+        self.model.logits(images, mode)
     }
 
     fn num_classes(&self) -> i64 {

@@ -1,6 +1,7 @@
 //! The one integration-test binary (libtorch is linked once, not once per test file).
 
 mod attack_sets;
+mod bench;
 mod checkpoint;
 mod cli;
 mod data;

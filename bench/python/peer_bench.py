@@ -165,6 +165,7 @@ def main():
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip", type=int, default=0, help="test images to skip before the N")
     parser.add_argument("--eps", type=float, default=0.1)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -177,7 +178,8 @@ def main():
     if args.what == "detect":
         print(json.dumps(detect(model, args.dir)))
         return
-    x, y = images("t10k", args.images)
+    x, y = images("t10k", args.skip + args.images)
+    x, y = x[args.skip:], y[args.skip:]
     if args.what == "forward":
         rates = []
         with torch.no_grad():
@@ -203,7 +205,8 @@ def main():
         adv = wrapped(adversarial).argmax(1)
     correct = clean == y
     success = ((adv != y) & correct).sum().item() / max(correct.sum().item(), 1)
-    print(json.dumps({"images_per_second": len(x) / seconds, "success_rate_on_correct": success}))
+    print(json.dumps({"images_per_second": len(x) / seconds, "success_rate_on_correct": success,
+                      "correct": correct.sum().item(), "fooled": ((adv != y) & correct).sum().item()}))
 
 
 if __name__ == "__main__":

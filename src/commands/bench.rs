@@ -47,9 +47,12 @@ pub struct BenchArgs {
     model: PathBuf,
     #[arg(long, default_value_t = 128)]
     batch: usize,
-    /// Test images to run on (the first N; training images for `train`)
+    /// Test images to run on (the first N after --skip; training images for `train`)
     #[arg(long, default_value_t = 2048)]
     images: usize,
+    /// Test images to skip before the N (to split one set of images over several runs)
+    #[arg(long, default_value_t = 0)]
+    skip: usize,
     #[arg(long, default_value_t = 3)]
     repeats: usize,
     #[arg(long, default_value_t = 0.1)]
@@ -77,7 +80,14 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
         bail!("--batch, --images and --repeats must be at least 1");
     }
     let device = parse_device(&args.device)?;
-    let test = fashion_mnist::load(&fashion_mnist::default_dir(), Split::Test)?.take(args.images);
+    let all_test = fashion_mnist::load(&fashion_mnist::default_dir(), Split::Test)?;
+    if args.skip + args.images > all_test.len() {
+        bail!("--skip {} + --images {} exceed the {} test images", args.skip, args.images, all_test.len());
+    }
+    let test = Dataset {
+        images: all_test.images.narrow(0, args.skip as i64, args.images as i64),
+        labels: all_test.labels.narrow(0, args.skip as i64, args.images as i64),
+    };
     let n = test.len() as i64;
     let batches = |f: &mut dyn FnMut(&Tensor) -> Result<()>| -> Result<f64> {
         let started = Instant::now();
@@ -126,9 +136,13 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
             };
             let indices = Tensor::arange(n, (Kind::Int64, Device::Cpu));
             let outcome = run_attack(&checkpoint.model, device, &test, &indices, &params, args.gates, args.batch, false)?;
+            let correct = outcome.clean_predictions.eq_tensor(&outcome.labels);
+            let fooled = outcome.predictions.ne_tensor(&outcome.labels).logical_and(&correct);
             serde_json::json!({
                 "images_per_second": outcome.stats.images_per_second,
                 "success_rate_on_correct": outcome.stats.success_rate_on_correct,
+                "correct": correct.sum(Kind::Int64).int64_value(&[]),
+                "fooled": fooled.sum(Kind::Int64).int64_value(&[]),
             })
         }
     };

@@ -141,6 +141,12 @@ impl DecoupledCnn {
         ForwardOutput { logits, gates, pooled_outputs, mi_logits, gate_logits, penultimate }
     }
 
+    /// Logits alone (with gradients if `x` needs them), skipping the training heads: what
+    /// attacks differentiate.
+    pub fn logits(&self, x: &Tensor, mode: GateMode) -> Tensor {
+        self.forward(x, mode, false).logits
+    }
+
     /// Eval-mode forward without gradients: `(logits, path)` with path `[N, total_gates]`.
     pub fn predict(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         self.check_input(x)?;
@@ -153,6 +159,6 @@ impl DecoupledCnn {
 impl nn::ModuleT for DecoupledCnn {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let mode = if train { GateMode::Train } else { GateMode::Eval };
-        self.forward_with_path(xs, mode).logits
+        self.logits(xs, mode)
     }
 }
