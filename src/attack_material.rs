@@ -89,11 +89,8 @@ impl AttackMaterial {
                 options.show_progress,
             )?;
             let reps = Representations::compute(model, device, &outcome.adversarial, templates, options.batch_size)?;
-            let mut block = material.block(describe_attack(&planned.params), &reps, &labels[..n], outcome.stats.seconds);
-            if options.keep_images {
-                let rows: Vec<i64> = (0..n).filter(|&i| material.correct[i] && reps.predictions[i] != labels[i]).map(|i| i as i64).collect();
-                block.images = Some(flat_rows(&outcome.adversarial.index_select(0, &Tensor::from_slice(&rows)))?);
-            }
+            let kept = options.keep_images.then_some(&outcome.adversarial);
+            let block = material.block(describe_attack(&planned.params), &reps, kept, &labels[..n], outcome.stats.seconds)?;
             material.attacks.push(block);
         }
         Ok(material)
@@ -137,16 +134,27 @@ impl AttackMaterial {
         }
         let reps = Representations::compute(model, device, &images, templates, batch_size)?;
         let name = format!("attack set {}", dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-        let block = self.block(name, &reps, &labels, 0.0);
+        let block = self.block(name, &reps, None, &labels, 0.0)?;
         self.attacks.push(block);
         Ok(())
     }
 
-    fn block(&self, name: String, adversarial: &Representations, labels: &[i64], seconds: f64) -> AttackBlock {
+    /// The block of the attacked images whose clean version was right and which fool the
+    /// model; `images` (the attacked images, when kept) are selected the same way.
+    fn block(
+        &self,
+        name: String,
+        adversarial: &Representations,
+        images: Option<&Tensor>,
+        labels: &[i64],
+        seconds: f64,
+    ) -> Result<AttackBlock> {
         let attacked: Vec<usize> = (0..labels.len()).filter(|&i| self.correct[i]).collect();
         let fooled: Vec<usize> =
             attacked.iter().copied().filter(|&i| adversarial.predictions[i] != labels[i]).collect();
-        AttackBlock { name, attempted: attacked.len(), fooled: adversarial.select(&fooled), images: None, seconds }
+        let rows = Tensor::from_slice(&fooled.iter().map(|&i| i as i64).collect::<Vec<_>>());
+        let images = images.map(|t| flat_rows(&t.index_select(0, &rows))).transpose()?;
+        Ok(AttackBlock { name, attempted: attacked.len(), fooled: adversarial.select(&fooled), images, seconds })
     }
 
     /// The correctly classified clean images.
