@@ -159,8 +159,12 @@ impl AttackMaterial {
 
     /// The correctly classified clean images.
     pub fn clean(&self) -> Representations {
-        let rows: Vec<usize> = (0..self.correct.len()).filter(|&i| self.correct[i]).collect();
-        self.all_clean.select(&rows)
+        self.all_clean.select(&self.correct_rows())
+    }
+
+    /// Positions of the correctly classified images: the rows of [`AttackMaterial::clean`].
+    pub fn correct_rows(&self) -> Vec<usize> {
+        (0..self.correct.len()).filter(|&i| self.correct[i]).collect()
     }
 
     /// The blocks whose name starts with `prefix` ("" for all), as one.

@@ -169,8 +169,8 @@ fn detect(args: &BenchArgs, device: Device, test: &Dataset, out: &Path) -> Resul
     let templates = fit_templates(model, device, &train_set, args.batch)?;
     let train_material = AttackMaterial::build(model, device, &train_set, &templates, &seen, &options)?;
     let blocks: Vec<&AttackBlock> = train_material.attacks.iter().collect();
-    let detector =
-        PathDetector::new(checkpoint.model_hash(), templates, fit_experts(model, &train_material.clean(), &blocks)?);
+    let train_clean = train_material.clean();
+    let detector = PathDetector::new(checkpoint.model_hash(), templates, fit_experts(model, &train_clean, &blocks)?);
     let all: Vec<PlannedAttack> = seen.into_iter().chain(unseen).collect();
     let test_material = AttackMaterial::build(model, device, test, &detector.templates, &all, &options)?;
 
@@ -185,7 +185,7 @@ fn detect(args: &BenchArgs, device: Device, test: &Dataset, out: &Path) -> Resul
         }));
     }
     let correct_rows = |material: &AttackMaterial, data: &Dataset| -> Result<Array2<f32>> {
-        let rows: Vec<i64> = (0..material.correct.len()).filter(|&i| material.correct[i]).map(|i| i as i64).collect();
+        let rows: Vec<i64> = material.correct_rows().into_iter().map(|i| i as i64).collect();
         Ok(flat_rows(&data.images.index_select(0, &Tensor::from_slice(&rows)))?)
     };
     let kept = |b: &AttackBlock| b.images.clone().expect("keep_images was set");
@@ -205,5 +205,5 @@ fn detect(args: &BenchArgs, device: Device, test: &Dataset, out: &Path) -> Resul
         }
         std::fs::write(dir.join("attacks.json"), attacks_json.to_string()).map_err(|e| fail("attacks.json", e.to_string()))
     })?;
-    Ok(serde_json::json!({ "train_clean": train_material.clean().len(), "train_adversarial": views.iter().map(|v| v.nrows()).sum::<usize>(), "test": attacks_json["test"] }))
+    Ok(serde_json::json!({ "train_clean": train_clean.len(), "train_adversarial": views.iter().map(|v| v.nrows()).sum::<usize>(), "test": attacks_json["test"] }))
 }
