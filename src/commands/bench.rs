@@ -5,14 +5,14 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
-use ndarray::{Array2, Axis};
+use ndarray::{Array2, ArrayView2, Axis};
 use pathguard::atomic::write_dir_atomic;
 use pathguard::attack_material::{flat_rows, AttackBlock, AttackMaterial, MaterialOptions, PlannedAttack};
 use pathguard::attack_set::{run_attack, AttackParams, GateGradient};
 use pathguard::data::Dataset;
 use pathguard::detector::PathDetector;
 use pathguard::detector_fit::{fit_experts, fit_templates};
-use pathguard::evaluation::labelled_scores;
+use pathguard::evaluation::{labelled_scores, standard_attacks};
 use pathguard::data::{fashion_mnist, Split};
 use pathguard::device::parse_device;
 use pathguard::model::Checkpoint;
@@ -159,12 +159,10 @@ fn detect(args: &BenchArgs, device: Device, test: &Dataset, out: &Path) -> Resul
     let model = &checkpoint.model;
     let train_set = fashion_mnist::load(&fashion_mnist::default_dir(), Split::Train)?.take(args.train_images);
     let options = MaterialOptions { gates: args.gates, batch_size: args.batch, show_progress: true, keep_images: true };
-    let plan = |params: AttackParams| PlannedAttack { params: AttackParams { seed: 0, ..params }, max_images: None };
-    let pgd = |early_stop: bool| AttackParams { steps: Some(40), random_start: !early_stop, early_stop, ..AttackParams::new("pgd", args.eps) };
-    let seen = vec![plan(AttackParams::new("fgsm", args.eps)), plan(pgd(false)), plan(pgd(true))];
-    // The slow optimisation attacks run on the first 200 test images (as in `evaluate`).
-    let slow = |params: AttackParams| PlannedAttack { max_images: Some(200), ..plan(params) };
-    let unseen = vec![slow(AttackParams::new("cw", 0.0)), slow(AttackParams::new("deepfool", 0.0))];
+    // `evaluate`'s protocol at one eps: FGSM, PGD-40, early-stopped PGD-40 seen; of its unseen
+    // attacks the two optimisation ones (C&W, DeepFool), on the first 200 test images.
+    let (seen, unseen) = standard_attacks(&[args.eps], 40, 1.5, 200, 0);
+    let unseen = unseen.into_iter().filter(|p| matches!(p.params.method.as_str(), "cw" | "deepfool"));
 
     let templates = fit_templates(model, device, &train_set, args.batch)?;
     let train_material = AttackMaterial::build(model, device, &train_set, &templates, &seen, &options)?;
@@ -188,20 +186,21 @@ fn detect(args: &BenchArgs, device: Device, test: &Dataset, out: &Path) -> Resul
         let rows: Vec<i64> = material.correct_rows().into_iter().map(|i| i as i64).collect();
         Ok(flat_rows(&data.images.index_select(0, &Tensor::from_slice(&rows)))?)
     };
-    let kept = |b: &AttackBlock| b.images.clone().expect("keep_images was set");
-    let train_adversarial: Vec<Array2<f32>> = train_material.attacks.iter().map(kept).collect();
-    let views: Vec<_> = train_adversarial.iter().map(|a| a.view()).collect();
+    fn kept(b: &AttackBlock) -> ArrayView2<'_, f32> {
+        b.images.as_ref().expect("keep_images was set").view()
+    }
+    let views: Vec<_> = train_material.attacks.iter().map(kept).collect();
     let attacks_json = serde_json::json!({ "train_attacks": train_material.attacks.iter().map(|b| &b.name).collect::<Vec<_>>(), "test": results });
-    let mut files = vec![
+    let files = vec![
         ("train_clean.npy".to_string(), correct_rows(&train_material, &train_set)?),
         ("train_adversarial.npy".to_string(), ndarray::concatenate(Axis(0), &views)?),
         ("test_clean.npy".to_string(), correct_rows(&test_material, test)?),
     ];
-    files.extend(test_material.attacks.iter().enumerate().map(|(i, b)| (format!("test_{i}.npy"), kept(b))));
     write_dir_atomic(out, |dir| {
         let fail = |name: &str, e: String| pathguard::error::Error::Config(format!("writing {}: {e}", dir.join(name).display()));
-        for (name, rows) in &files {
-            ndarray_npy::write_npy(dir.join(name), rows).map_err(|e| fail(name, e.to_string()))?;
+        let named_blocks = test_material.attacks.iter().enumerate().map(|(i, b)| (format!("test_{i}.npy"), kept(b)));
+        for (name, rows) in files.iter().map(|(n, a)| (n.clone(), a.view())).chain(named_blocks) {
+            ndarray_npy::write_npy(dir.join(&name), &rows).map_err(|e| fail(&name, e.to_string()))?;
         }
         std::fs::write(dir.join("attacks.json"), attacks_json.to_string()).map_err(|e| fail("attacks.json", e.to_string()))
     })?;
