@@ -31,7 +31,7 @@ STAGE4_ARGS := --epochs 1 --hard-gate-epochs 1 --lr 1.5e-4 --lambda-sparsity 2e-
 # 3,000 training images (20% held out for the threshold); about 15 minutes on 2 cores.
 DETECTOR_ARGS := --limit 3000 --eps 0.05,0.1,0.2 --methods fgsm,pgd,pgd-early-stop --seed 0
 
-.PHONY: help setup data torch fonts build bench test serve eval default-model detector evaluate clean-venv
+.PHONY: help setup data torch fonts build bench test serve eval default-model detector evaluate soak clean-venv
 
 help:
 	@echo "make serve          set up, build, and start pathguard on models/default"
@@ -40,6 +40,7 @@ help:
 	@echo "make detector       refit models/default/detector.json (about 15 min on 2 cores)"
 	@echo "make evaluate       the detection report of README (about 30 min on 2 cores)"
 	@echo "make bench          throughput of the shipped model and of attacks"
+	@echo "make soak           10 minutes of honest and hostile clients against one server (reports/soak)"
 
 setup: data torch fonts $(NUMPY_OK) $(CLIENTS_OK)
 
@@ -113,6 +114,10 @@ detector: build
 # The README's detection table (report.md, report.json, roc.png in reports/evaluate).
 evaluate: build
 	$(BIN) evaluate --model models/default --out reports/evaluate
+
+# The hostile-input soak of BENCHMARKS.md (about 12 minutes; SOAK_S=seconds to change).
+soak: build
+	scripts/soak.sh
 
 clean-venv:
 	rm -rf $(VENV) .libtorch

@@ -20,7 +20,9 @@ fn compile_protos() {
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let descriptor = out.join("pathguard_descriptor.bin");
     std::fs::write(&descriptor, prost::Message::encode_to_vec(&fds)).expect("writing the descriptor set");
+    // Our codec checks requests before decoding them (src/service/codec.rs).
     tonic_prost_build::configure()
+        .codec_path("crate::service::codec::BoundedCodec")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)

@@ -17,10 +17,12 @@ use crate::model::{DecoupledCnn, GateMode};
 use crate::progress;
 
 /// The decoupled CNN seen by an attack: eval mode, with hard gates (whose gradient is zero)
-/// or with the straight-through sigmoid surrogate for the gates.
+/// or with the straight-through sigmoid surrogate for the gates. `cancelled` tells the attack
+/// that its caller gave up (see [`DifferentiableClassifier::cancelled`]).
 pub struct ModelClassifier<'a> {
     pub model: &'a DecoupledCnn,
     pub gates: GateGradient,
+    pub cancelled: &'a dyn Fn() -> bool,
 }
 
 /// How gradients treat the hard 0/1 gates.
@@ -55,6 +57,10 @@ impl DifferentiableClassifier for ModelClassifier<'_> {
 
     fn num_classes(&self) -> i64 {
         self.model.config().num_classes
+    }
+
+    fn cancelled(&self) -> bool {
+        (self.cancelled)()
     }
 }
 
@@ -236,6 +242,23 @@ pub fn run_attack(
     batch_size: usize,
     show_progress: bool,
 ) -> Result<AttackOutcome> {
+    run_attack_until(model, device, data, indices, params, gates, batch_size, show_progress, &|| false)
+}
+
+/// [`run_attack`] that stops with [`Error::Cancelled`] within one iteration of `cancelled`
+/// turning true (the service's caller went away or its deadline passed).
+#[allow(clippy::too_many_arguments)]
+pub fn run_attack_until(
+    model: &DecoupledCnn,
+    device: Device,
+    data: &Dataset,
+    indices: &Tensor,
+    params: &AttackParams,
+    gates: GateGradient,
+    batch_size: usize,
+    show_progress: bool,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<AttackOutcome> {
     let attack = params.build()?;
     let classes = model.config().num_classes;
     if let Some(t) = params.target_class {
@@ -246,7 +269,7 @@ pub fn run_attack(
     if data.is_empty() {
         return Err(Error::Config("no images to attack".into()));
     }
-    let classifier = ModelClassifier { model, gates };
+    let classifier = ModelClassifier { model, gates, cancelled };
     let n = data.len() as i64;
     let batch = batch_size.max(1) as i64;
     let bar = progress::bar(n as u64, attack.name());
@@ -265,9 +288,10 @@ pub fn run_attack(
             None => Goal::Untargeted,
         };
         let attack_started = Instant::now();
-        let adv = attack
-            .perturb(&classifier, &x, &y, &goal)
-            .map_err(|e| Error::Config(format!("{}: {e}", attack.name())))?;
+        let adv = attack.perturb(&classifier, &x, &y, &goal).map_err(|e| match e {
+            attacks::AttackError::Cancelled => Error::Cancelled,
+            e => Error::Config(format!("{}: {e}", attack.name())),
+        })?;
         attack_seconds += attack_started.elapsed().as_secs_f64();
         let (clean_logits, _) = model.predict(&x)?;
         let (adv_logits, _) = model.predict(&adv)?;

@@ -33,6 +33,9 @@ pub enum Error {
     /// The requested device cannot be used.
     #[error("device: {0}")]
     Device(String),
+    /// The caller gave up (went away, or its deadline passed) before the work finished.
+    #[error("cancelled before it finished")]
+    Cancelled,
     /// libtorch reported an error.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

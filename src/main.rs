@@ -50,7 +50,7 @@ enum Command {
     /// one JSON line (or CSV row) per image.
     Screen(commands::service::ScreenArgs),
     /// Load a running server with concurrent clients: throughput, latency percentiles, errors.
-    LoadTest(commands::service::LoadTestArgs),
+    LoadTest(commands::load_test::LoadTestArgs),
     /// Drop filters that are almost never open: a smaller dense model whose gates still work,
     /// with its accuracy, size, FLOPs and measured throughput against the full model.
     Compact(commands::paths::CompactArgs),
@@ -334,7 +334,7 @@ fn main() -> std::process::ExitCode {
         Command::Evaluate(args) => run_evaluate(args),
         Command::Recalibrate(args) => run_recalibrate(args),
         Command::Serve(args) => commands::service::run_serve(args),
-        Command::LoadTest(args) => commands::service::run_load_test(args),
+        Command::LoadTest(args) => commands::load_test::run_load_test(args),
         Command::Compact(args) => commands::paths::run_compact(args),
         Command::Paths(args) => commands::paths::run_paths(args),
         Command::Explain(args) => commands::explain::run_explain(args),

@@ -1,7 +1,7 @@
 use std::path::Path;
 
 use ndarray::{Array, Array3};
-use pathguard::data::image::{read_images, read_npy, read_png};
+use pathguard::data::image::{read_encoded, read_images, read_npy};
 
 fn write_png(path: &Path, width: u32, height: u32, color: png::ColorType, depth: png::BitDepth, data: &[u8]) {
     let file = std::fs::File::create(path).unwrap();
@@ -17,7 +17,7 @@ fn grey_and_colour_png_become_one_channel_in_unit_range() {
     let grey: Vec<u8> = (0..28 * 28).map(|i| (i % 256) as u8).collect();
     let grey_path = dir.path().join("grey.png");
     write_png(&grey_path, 28, 28, png::ColorType::Grayscale, png::BitDepth::Eight, &grey);
-    let t = read_png(&grey_path).unwrap();
+    let t = read_encoded(&grey_path).unwrap();
     assert_eq!(t.size(), vec![1, 1, 28, 28]);
     assert!((t.double_value(&[0, 0, 9, 3]) - 1.0).abs() < 1e-6);
     assert!((t.double_value(&[0, 0, 0, 1]) - 1.0 / 255.0).abs() < 1e-6);
@@ -26,7 +26,7 @@ fn grey_and_colour_png_become_one_channel_in_unit_range() {
     let rgb: Vec<u8> = (0..28 * 28).flat_map(|_| [255u8, 0, 0]).collect();
     let rgb_path = dir.path().join("red.png");
     write_png(&rgb_path, 28, 28, png::ColorType::Rgb, png::BitDepth::Eight, &rgb);
-    let t = read_png(&rgb_path).unwrap();
+    let t = read_encoded(&rgb_path).unwrap();
     assert!((t.double_value(&[0, 0, 5, 5]) - 0.299).abs() < 1e-4);
 
     let batch = read_images(&[&grey_path, &rgb_path]).unwrap();
@@ -38,20 +38,46 @@ fn png_of_wrong_size_depth_or_content_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let big = dir.path().join("big.png");
     write_png(&big, 32, 32, png::ColorType::Grayscale, png::BitDepth::Eight, &[0; 32 * 32]);
-    let err = read_png(&big).unwrap_err().to_string();
+    let err = read_encoded(&big).unwrap_err().to_string();
     assert!(err.contains("32x32") && err.contains("28x28"), "{err}");
 
     let deep = dir.path().join("deep.png");
     write_png(&deep, 28, 28, png::ColorType::Grayscale, png::BitDepth::Sixteen, &[0; 28 * 28 * 2]);
-    assert!(read_png(&deep).unwrap_err().to_string().contains("Sixteen-bit"));
+    assert!(read_encoded(&deep).unwrap_err().to_string().contains("16 bits per channel"));
 
     let junk = dir.path().join("junk.png");
     std::fs::write(&junk, b"definitely not a png").unwrap();
-    assert!(read_png(&junk).unwrap_err().to_string().contains("not a readable PNG"));
+    assert!(read_encoded(&junk).unwrap_err().to_string().contains("not a readable image"));
 
-    let other = dir.path().join("image.jpg");
+    let other = dir.path().join("image.gif");
     std::fs::write(&other, b"x").unwrap();
-    assert!(read_images(&[&other]).unwrap_err().to_string().contains("expected .png or .npy"));
+    assert!(read_images(&[&other]).unwrap_err().to_string().contains("expected .png, .jpg, .jpeg or .npy"));
+
+    let truncated_jpeg = dir.path().join("cut.jpg");
+    std::fs::write(&truncated_jpeg, &jpeg(&[128; 784])[..100]).unwrap();
+    assert!(read_encoded(&truncated_jpeg).is_err());
+}
+
+fn jpeg(grey: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95)
+        .encode(grey, 28, 28, image::ExtendedColorType::L8)
+        .unwrap();
+    out
+}
+
+#[test]
+fn jpeg_files_are_read_like_png() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("grey.JPEG");
+    // A smooth gradient survives JPEG at quality 95 within a few grey levels.
+    let grey: Vec<u8> = (0..28 * 28).map(|i| (i % 28 * 9) as u8).collect();
+    std::fs::write(&path, jpeg(&grey)).unwrap();
+    let t = read_images(&[&path]).unwrap();
+    assert_eq!(t.size(), vec![1, 1, 28, 28]);
+    let values = Vec::<f32>::try_from(t.flatten(0, -1)).unwrap();
+    let worst = values.iter().zip(&grey).map(|(v, &g)| (v - g as f32 / 255.0).abs()).fold(0.0f32, f32::max);
+    assert!(worst < 8.0 / 255.0, "worst difference {worst}");
 }
 
 #[test]

@@ -7,6 +7,8 @@ mod cli;
 mod data;
 mod detector;
 mod evaluation;
+mod fuzz;
+mod hostile;
 mod images;
 mod kserve;
 mod linking;

@@ -83,7 +83,37 @@ impl Server {
         }
     }
 
-    fn signal(&self, name: &str) {
+    /// The process's peak resident memory so far (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    }
+
+    /// Health of the screening service on a new connection.
+    pub async fn health(&self) -> ServingStatus {
+        let mut health = HealthClient::new(self.channel().await);
+        health
+            .check(HealthCheckRequest { service: "pathguard.v1.Screening".into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .status()
+    }
+
+    /// Waits (at most 20 s) for the process to exit and returns its status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "server did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn signal(&self, name: &str) {
         let status = Command::new("kill").args(["-s", name, &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
     }
@@ -106,7 +136,7 @@ pub fn tensor_request(images: &tch::Tensor) -> ScreenRequest {
     ScreenRequest { images: Some(float32_images(images)), ..Default::default() }
 }
 
-fn float32_images(images: &tch::Tensor) -> Images {
+pub fn float32_images(images: &tch::Tensor) -> Images {
     Images {
         source: Some(Source::Tensor(Tensor {
             dtype: DataType::Float32 as i32,
@@ -123,7 +153,7 @@ fn raw(dtype: DataType, shape: Vec<i64>, data: Vec<u8>) -> ScreenRequest {
     }
 }
 
-fn http_get(addr: SocketAddr, path: &str) -> String {
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
     let mut body = String::new();
@@ -402,7 +432,8 @@ async fn a_full_queue_answers_resource_exhausted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shutdown_reports_not_serving_and_drains_an_in_flight_request() {
-    let server = Server::start(&[]);
+    // A long grace period: the in-flight request must finish however busy the machine is.
+    let server = Server::start(&["--shutdown-grace-s", "600"]);
     let statuses = server.wait_serving().await;
     assert_eq!(statuses.last(), Some(&ServingStatus::Serving));
     let mut health = HealthClient::new(server.channel().await);
@@ -432,19 +463,45 @@ async fn shutdown_reports_not_serving_and_drains_an_in_flight_request() {
     let next = tokio::time::timeout(Duration::from_secs(30), tokio_stream::StreamExt::next(&mut watch)).await;
     let update = next.expect("a health update within 30 s").expect("stream open").expect("an update");
     assert_eq!(update.status(), ServingStatus::NotServing);
-    // A watch is an endless stream; graceful shutdown waits for it, so let go of it.
-    drop(watch);
-    drop(health);
+    // During the drain, a new connection still gets answers: NOT_SERVING, and UNAVAILABLE for
+    // new work (not "connection refused").
+    assert_eq!(server.health().await, ServingStatus::NotServing);
+    let mut late = server.client().await;
+    let refused = late.screen(tensor_request(&images.narrow(0, 0, 1))).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("shutting down"), "{refused:?}");
+    // A watch is an endless stream; the server gives it a moment after the drain, then exits.
     let response = in_flight.await.unwrap().expect("the in-flight request finishes").into_inner();
     assert_eq!(response.results.len(), 48);
     let mut server = server;
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(started.elapsed() < Duration::from_secs(20), "server did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = server.wait_exit();
     assert!(status.success(), "exit status {status:?}");
+    drop(watch);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn at_the_end_of_the_grace_period_calls_in_flight_answer_unavailable() {
+    let mut server = Server::start(&["--shutdown-grace-s", "1"]);
+    server.wait_serving().await;
+    // An attack of several minutes (PGD-1000 on 64 images)...
+    let (images, labels) = test_images(64);
+    let mut client = server.client().await;
+    let request = AttackRequest {
+        images: Some(float32_images(&images)),
+        labels,
+        method: "pgd".into(),
+        eps: 0.1,
+        steps: Some(1000),
+        ..Default::default()
+    };
+    let in_flight = tokio::spawn(async move { client.generate_attack(request).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.signal("TERM");
+    // ...answers UNAVAILABLE with a message once the grace second is over, and the server
+    // exits cleanly (the attack stops within an iteration of its caller's answer).
+    let status = tokio::time::timeout(Duration::from_secs(30), in_flight).await.expect("answered").unwrap().unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("grace period"), "{status:?}");
+    let exit = server.wait_exit();
+    assert!(exit.success(), "exit status {exit:?}");
 }

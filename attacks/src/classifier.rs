@@ -10,6 +10,22 @@ pub trait DifferentiableClassifier {
 
     /// Number of classes.
     fn num_classes(&self) -> i64;
+
+    /// Whether the caller has given up on the attack (it went away, or its deadline passed):
+    /// iterative attacks look before every iteration and stop with
+    /// [`AttackError::Cancelled`](crate::AttackError::Cancelled). Never, by default.
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// [`AttackError::Cancelled`](crate::AttackError::Cancelled) once `model` says the caller gave up.
+pub(crate) fn check_cancelled(model: &dyn DifferentiableClassifier) -> crate::Result<()> {
+    if model.cancelled() {
+        Err(crate::AttackError::Cancelled)
+    } else {
+        Ok(())
+    }
 }
 
 /// Gradient of the summed cross-entropy w.r.t. the input, and the logits (detached).

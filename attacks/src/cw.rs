@@ -3,6 +3,7 @@
 
 use tch::{Kind, Tensor};
 
+use crate::classifier::check_cancelled;
 use crate::error::{check_non_negative, check_positive, check_steps};
 use crate::norms::per_sample;
 use crate::{check_inputs, Attack, AttackError, DifferentiableClassifier, Goal, Result};
@@ -65,6 +66,7 @@ impl Attack for CarliniWagnerL2 {
             let mut v = w.zeros_like();
             let mut succeeded = Tensor::zeros([n], (Kind::Bool, device));
             for t in 1..=self.steps {
+                check_cancelled(model)?;
                 let w_var = w.detach().set_requires_grad(true);
                 let adv = (w_var.tanh() + 1.0) * 0.5;
                 let l2 = (&adv - &x).square().flatten(1, -1).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);

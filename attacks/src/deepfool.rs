@@ -3,6 +3,7 @@
 
 use tch::{Kind, Tensor};
 
+use crate::classifier::check_cancelled;
 use crate::error::{check_non_negative, check_steps};
 use crate::norms::{l2_norms, per_sample};
 use crate::{check_inputs, Attack, AttackError, DifferentiableClassifier, Goal, Result};
@@ -36,6 +37,7 @@ impl Attack for DeepFool {
         let classes = model.num_classes();
         let mut r_total = x.zeros_like();
         for _ in 0..self.steps {
+            check_cancelled(model)?;
             let candidate = (&x + &r_total * (1.0 + self.overshoot)).clamp(0.0, 1.0).set_requires_grad(true);
             let logits = model.logits(&candidate);
             let active = logits.argmax(1, false).eq_tensor(labels);

@@ -23,6 +23,8 @@ pub enum AttackError {
     BadInput(String),
     #[error("libtorch: {0}")]
     Torch(String),
+    #[error("cancelled: the caller gave up before the attack finished")]
+    Cancelled,
 }
 
 impl From<tch::TchError> for AttackError {

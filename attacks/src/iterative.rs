@@ -3,7 +3,7 @@
 
 use tch::{Kind, Tensor};
 
-use crate::classifier::loss_gradient;
+use crate::classifier::{check_cancelled, loss_gradient};
 use crate::error::{check_eps, check_non_negative, check_positive, check_steps};
 use crate::norms::{l2_norms, per_sample};
 use crate::{check_inputs, Attack, AttackError, DifferentiableClassifier, Goal, Result};
@@ -130,6 +130,7 @@ impl Attack for Iterative {
         };
         let mut momentum = None;
         for _ in 0..self.steps {
+            check_cancelled(model)?;
             let (grad, logits) = loss_gradient(model, &x, objective);
             let step = self.step_direction(&grad, &mut momentum) * (self.step_size * direction);
             let stepped = self.project(&(&x + step), &origin).detach();

@@ -3,5 +3,6 @@
 
 pub mod bench;
 pub mod explain;
+pub mod load_test;
 pub mod paths;
 pub mod service;

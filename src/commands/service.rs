@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
@@ -72,6 +72,12 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 pub fn run_serve(args: ServeArgs) -> Result<()> {
     init_logging(args.log_format);
+    // Panics inside a request are caught and answered; log each as one bounded line, without
+    // the backtrace that the default hook may capture (symbolising libtorch costs tens of MB).
+    std::panic::set_hook(Box::new(|info| {
+        let text = info.to_string();
+        tracing::error!(panic = %pathguard::service::bounded::message(&text), "caught a panic");
+    }));
     let metrics_addr = match args.metrics_addr.as_str() {
         "off" | "" => None,
         addr => Some(addr.parse::<SocketAddr>().with_context(|| format!("--metrics-addr {addr:?}"))?),
@@ -159,8 +165,7 @@ pub fn run_screen(args: ScreenArgs) -> Result<bool> {
                 let workers = tokio::task::spawn_blocking(move || Workers::start(&model, device, Limits::default(), worker_metrics))
                     .await
                     .context("loading the model")??;
-                let cell = tokio::sync::OnceCell::new_with(Some(Arc::new(workers)));
-                Backend::InProcess(ScreeningService { workers: Arc::new(cell), metrics })
+                Backend::InProcess(ScreeningService::new(Some(workers), metrics))
             }
         };
         backend
@@ -215,98 +220,4 @@ pub fn run_screen(args: ScreenArgs) -> Result<bool> {
         eprintln!("wrote {}", path.display());
     }
     Ok(args.fail_on_flag && flagged > 0)
-}
-
-#[derive(Args)]
-pub struct LoadTestArgs {
-    /// Server URL
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
-    server: String,
-    /// Concurrent clients (each its own connection)
-    #[arg(long, default_value_t = 8)]
-    concurrency: usize,
-    /// Requests in total
-    #[arg(long, default_value_t = 400)]
-    requests: usize,
-    /// Images per request (test images, the first N)
-    #[arg(long, default_value_t = 16)]
-    batch_size: usize,
-    /// Directory with the Fashion-MNIST IDX files
-    #[arg(long)]
-    data: Option<PathBuf>,
-}
-
-pub fn run_load_test(args: LoadTestArgs) -> Result<()> {
-    use pathguard::service::proto::screening_client::ScreeningClient;
-    use pathguard::service::proto::{images::Source, DataType, Images, ScreenRequest, Tensor};
-    if args.concurrency == 0 || args.requests == 0 || args.batch_size == 0 {
-        bail!("--concurrency, --requests and --batch-size must be at least 1");
-    }
-    let dir = args.data.clone().unwrap_or_else(pathguard::data::fashion_mnist::default_dir);
-    let test = pathguard::data::fashion_mnist::load(&dir, pathguard::data::Split::Test)?.take(args.batch_size);
-    let data = pathguard::service::input::float32_bytes(&test.images);
-    let request = ScreenRequest {
-        images: Some(Images {
-            source: Some(Source::Tensor(Tensor {
-                dtype: DataType::Float32 as i32,
-                shape: vec![args.batch_size as i64, 1, 28, 28],
-                data,
-            })),
-        }),
-        ..Default::default()
-    };
-    let runtime = runtime()?;
-    let (latencies, errors, seconds) = runtime.block_on(async {
-        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..args.concurrency {
-            let (server, request, next, total) = (args.server.clone(), request.clone(), next.clone(), args.requests);
-            tasks.push(tokio::spawn(async move {
-                let mut client = ScreeningClient::connect(server).await?.max_decoding_message_size(64 << 20);
-                let (mut latencies, mut errors) = (Vec::new(), BTreeMap::<String, usize>::new());
-                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
-                    let t = Instant::now();
-                    match client.screen(request.clone()).await {
-                        Ok(_) => latencies.push(t.elapsed()),
-                        Err(s) => *errors.entry(format!("{:?}", s.code())).or_default() += 1,
-                    }
-                }
-                anyhow::Ok((latencies, errors))
-            }));
-        }
-        let (mut latencies, mut errors) = (Vec::new(), BTreeMap::<String, usize>::new());
-        for task in tasks {
-            let (l, e) = task.await??;
-            latencies.extend(l);
-            for (code, n) in e {
-                *errors.entry(code).or_default() += n;
-            }
-        }
-        anyhow::Ok((latencies, errors, started.elapsed().as_secs_f64()))
-    })?;
-    let mut sorted: Vec<Duration> = latencies.clone();
-    sorted.sort();
-    let pct = |p: f64| sorted.get(((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1)).copied().unwrap_or_default();
-    let ok = latencies.len();
-    println!(
-        "{} clients, {} requests of {} images: {ok} ok in {seconds:.2} s -> {:.0} images/s, {:.1} requests/s",
-        args.concurrency,
-        args.requests,
-        args.batch_size,
-        (ok * args.batch_size) as f64 / seconds,
-        ok as f64 / seconds
-    );
-    println!(
-        "latency p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms",
-        pct(0.50).as_secs_f64() * 1e3,
-        pct(0.95).as_secs_f64() * 1e3,
-        pct(0.99).as_secs_f64() * 1e3
-    );
-    if errors.is_empty() {
-        println!("errors: none");
-    } else {
-        println!("errors: {errors:?}");
-    }
-    Ok(())
 }

@@ -1,10 +1,8 @@
-//! User images: PNG files and NPY arrays, turned into model input `[N, 1, 28, 28]`
+//! User images: PNG and JPEG files and NPY arrays, turned into model input `[N, 1, 28, 28]`
 //! float32 in [0, 1] (see the pixel convention in [`crate::data`]).
 
 use std::path::Path;
 
-use ndarray::ArrayD;
-use ndarray_npy::ReadNpyError;
 use tch::Tensor;
 
 use super::fashion_mnist::IMAGE_SIZE;
@@ -14,16 +12,15 @@ fn image_error(path: &Path, reason: impl Into<String>) -> Error {
     Error::Image { path: path.into(), reason: reason.into() }
 }
 
-/// Reads PNG or NPY files (by extension) and stacks them into one batch.
+/// Reads PNG, JPEG or NPY files (by extension) and stacks them into one batch.
 pub fn read_images(paths: &[impl AsRef<Path>]) -> Result<Tensor> {
     let mut batches = Vec::with_capacity(paths.len());
     for path in paths {
         let path = path.as_ref();
-        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
-        batches.push(match ext.as_deref() {
-            Some("png") => read_png(path)?,
-            Some("npy") => read_npy(path)?,
-            _ => return Err(image_error(path, "unknown extension: expected .png or .npy")),
+        batches.push(match image_kind(path) {
+            Some(ImageKind::Encoded) => read_encoded(path)?,
+            Some(ImageKind::Npy) => read_npy(path)?,
+            None => return Err(image_error(path, "unknown extension: expected .png, .jpg, .jpeg or .npy")),
         });
     }
     if batches.is_empty() {
@@ -32,43 +29,90 @@ pub fn read_images(paths: &[impl AsRef<Path>]) -> Result<Tensor> {
     Ok(Tensor::cat(&batches, 0))
 }
 
-/// Reads an 8-bit PNG (grey, grey+alpha, RGB, RGBA or palette; lower bit depths are expanded)
-/// of exactly 28x28 pixels as `[1, 1, 28, 28]`. Colour is converted to grey with the
-/// ITU-R BT.601 luma weights; alpha is ignored. Images are not resized: a different size is
-/// an error, because silent resampling changes what the model sees.
-pub fn read_png(path: &Path) -> Result<Tensor> {
+/// How a user image file is read, by its extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageKind {
+    /// PNG or JPEG: one image, decoded by [`decode_image`].
+    Encoded,
+    /// An NPY array of one or more images.
+    Npy,
+}
+
+/// The kind of `path` by its extension (case-insensitive), or None for other files.
+pub fn image_kind(path: &Path) -> Option<ImageKind> {
+    match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+        "png" | "jpg" | "jpeg" => Some(ImageKind::Encoded),
+        "npy" => Some(ImageKind::Npy),
+        _ => None,
+    }
+}
+
+/// Reads a PNG or JPEG file (the rules of [`decode_image`]) as `[1, 1, 28, 28]`.
+pub fn read_encoded(path: &Path) -> Result<Tensor> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let grey = decode_png(&bytes).map_err(|reason| image_error(path, reason))?;
+    let grey = decode_image(&bytes).map_err(|reason| image_error(path, reason))?;
     let side = IMAGE_SIZE as i64;
     Ok(Tensor::from_slice(&grey).view([1, 1, side, side]))
 }
 
-/// Decodes PNG bytes (the rules of [`read_png`]) into 28 x 28 grey values in [0, 1], or says
-/// why it cannot.
-pub fn decode_png(bytes: &[u8]) -> std::result::Result<Vec<f32>, String> {
-    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
-    decoder.set_transformations(png::Transformations::EXPAND);
-    let mut reader = decoder.read_info().map_err(|e| format!("not a readable PNG: {e}"))?;
-    let mut buf = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut buf).map_err(|e| format!("corrupted PNG data: {e}"))?;
-    if info.bit_depth != png::BitDepth::Eight {
-        return Err(format!("{:?}-bit PNG; only 8-bit (or lower) images are supported", info.bit_depth));
+/// Most memory the decoder may allocate for one image: a 28x28 RGBA image needs 3 KB, so
+/// this only ever stops hostile files (headers that claim gigapixels, oversized metadata).
+const DECODER_MAX_ALLOC: u64 = 4 << 20;
+
+/// Decodes PNG or JPEG bytes into 28 x 28 grey values in [0, 1], or says why it cannot.
+///
+/// The bytes are untrusted (they come straight from the network in the service), so the size
+/// in the header is checked before any pixel is decoded, the decoder's allocations are capped
+/// by [`DECODER_MAX_ALLOC`], and a panic inside the decoder becomes an error: no file can make
+/// the process allocate what its header claims, or take it down.
+///
+/// 8-bit images (grey, grey+alpha, RGB, RGBA, palette; lower PNG bit depths are expanded) of
+/// exactly 28x28 pixels. Colour is converted to grey with the ITU-R BT.601 luma weights;
+/// alpha is ignored. Images are not resized: a different size is an error, because silent
+/// resampling changes what the model sees.
+pub fn decode_image(bytes: &[u8]) -> std::result::Result<Vec<f32>, String> {
+    match std::panic::catch_unwind(|| decode_checked(bytes)) {
+        Ok(result) => result,
+        Err(_) => Err("corrupted image data (the decoder rejected it)".into()),
     }
-    if (info.width as usize, info.height as usize) != (IMAGE_SIZE, IMAGE_SIZE) {
+}
+
+fn decode_checked(bytes: &[u8]) -> std::result::Result<Vec<f32>, String> {
+    use image::{DynamicImage, ImageDecoder, ImageFormat};
+    let format = image::guess_format(bytes)
+        .map_err(|_| "not a readable image: neither PNG nor JPEG (unrecognised signature)".to_string())?;
+    if !matches!(format, ImageFormat::Png | ImageFormat::Jpeg) {
+        return Err(format!("{format:?} images are not supported; send PNG or JPEG"));
+    }
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(DECODER_MAX_ALLOC);
+    reader.limits(limits);
+    let decoder = reader.into_decoder().map_err(|e| format!("not a readable {format:?} image: {e}"))?;
+    // The header's size, before any pixel is decoded.
+    let (width, height) = decoder.dimensions();
+    if (width as usize, height as usize) != (IMAGE_SIZE, IMAGE_SIZE) {
         return Err(format!(
-            "image is {}x{} pixels; the model expects {IMAGE_SIZE}x{IMAGE_SIZE} (resize it first)",
-            info.width, info.height
+            "image is {width}x{height} pixels; the model expects {IMAGE_SIZE}x{IMAGE_SIZE} (resize it first)"
         ));
     }
-    let bytes = &buf[..info.buffer_size()];
-    let channels = info.color_type.samples();
-    Ok(bytes
-        .chunks_exact(channels)
-        .map(|px| match channels {
-            1 | 2 => px[0] as f32,
-            _ => 0.299 * px[0] as f32 + 0.587 * px[1] as f32 + 0.114 * px[2] as f32,
-        } / 255.0)
-        .collect())
+    let color = decoder.color_type();
+    let bits = 8 * color.bytes_per_pixel() / color.channel_count().max(1);
+    if bits != 8 {
+        return Err(format!(
+            "{color:?} pixels ({bits} bits per channel); only 8-bit images (or lower PNG depths) are supported"
+        ));
+    }
+    let image = DynamicImage::from_decoder(decoder).map_err(|e| format!("corrupted {format:?} data: {e}"))?;
+    let luma = |r: u8, g: u8, b: u8| 0.299 * r as f32 + 0.587 * g as f32 + 0.114 * b as f32;
+    let grey: Vec<f32> = match &image {
+        DynamicImage::ImageLuma8(img) => img.as_raw().iter().map(|&v| v as f32).collect(),
+        DynamicImage::ImageLumaA8(img) => img.as_raw().chunks_exact(2).map(|px| px[0] as f32).collect(),
+        DynamicImage::ImageRgb8(img) => img.as_raw().chunks_exact(3).map(|px| luma(px[0], px[1], px[2])).collect(),
+        DynamicImage::ImageRgba8(img) => img.as_raw().chunks_exact(4).map(|px| luma(px[0], px[1], px[2])).collect(),
+        other => return Err(format!("{:?} pixels are not supported; send 8-bit grey or colour", other.color())),
+    };
+    Ok(grey.into_iter().map(|v| v / 255.0).collect())
 }
 
 /// Reads an NPY array of float32, float64 (values in [0, 1]) or uint8 (values in [0, 255])
@@ -95,48 +139,60 @@ pub fn read_npy(path: &Path) -> Result<Tensor> {
 }
 
 fn read_npy_values(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
-    let open_error = |e: ReadNpyError| image_error(path, format!("not a readable NPY file: {e}"));
-    let check_range = |values: &[f32]| -> Result<()> {
-        match values.iter().position(|v| !(0.0..=1.0).contains(v)) {
-            Some(i) => Err(image_error(
-                path,
-                format!(
-                    "value {} at flat index {i} is outside [0, 1] (floating-point pixels must be \
-                     in [0, 1]; uint8 arrays may use 0-255)",
-                    values[i]
-                ),
-            )),
-            None => Ok(()),
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    npy_values(&bytes).map_err(|reason| image_error(path, reason))
+}
+
+/// The shape and values (as pixels in [0, 1]) of an NPY file's bytes: float32, float64 (values
+/// in [0, 1]) or uint8 (0-255).
+///
+/// The array is viewed in place, which checks the shape in the header against the bytes that
+/// are really there before anything is allocated: a tiny file whose header claims a huge array
+/// is an error, not an allocation of what it claims.
+pub fn npy_values(bytes: &[u8]) -> std::result::Result<(Vec<usize>, Vec<f32>), String> {
+    use ndarray::ArrayViewD;
+    use ndarray_npy::{ViewNpyError, ViewNpyExt};
+    // The view needs the data aligned for its element type; a u64 buffer aligns it for all.
+    let mut aligned = vec![0u64; bytes.len().div_ceil(8)];
+    let buffer = &mut bytemuck_bytes(&mut aligned)[..bytes.len()];
+    buffer.copy_from_slice(bytes);
+    let buffer = &*buffer;
+    let explain = |e: ViewNpyError| match e {
+        ViewNpyError::NonNativeEndian => {
+            "big-endian NPY array; save it little-endian (numpy: a.astype(a.dtype.newbyteorder('<')))".to_string()
         }
+        e => format!("not a readable NPY file: {e}"),
     };
-    match ndarray_npy::read_npy::<_, ArrayD<f32>>(path) {
-        Ok(a) => {
-            let shape = a.shape().to_vec();
-            let values: Vec<f32> = a.iter().copied().collect();
-            check_range(&values)?;
-            return Ok((shape, values));
-        }
-        Err(ReadNpyError::WrongDescriptor(_)) => {}
-        Err(e) => return Err(open_error(e)),
-    }
-    match ndarray_npy::read_npy::<_, ArrayD<f64>>(path) {
-        Ok(a) => {
-            let shape = a.shape().to_vec();
-            let values: Vec<f32> = a.iter().map(|&v| v as f32).collect();
-            check_range(&values)?;
-            return Ok((shape, values));
-        }
-        Err(ReadNpyError::WrongDescriptor(_)) => {}
-        Err(e) => return Err(open_error(e)),
-    }
-    match ndarray_npy::read_npy::<_, ArrayD<u8>>(path) {
-        Ok(a) => Ok((a.shape().to_vec(), a.iter().map(|&v| v as f32 / 255.0).collect())),
-        Err(ReadNpyError::WrongDescriptor(d)) => Err(image_error(
-            path,
-            format!("unsupported dtype {d}; use float32, float64 or uint8"),
+    let check_range = |values: Vec<f32>| match values.iter().position(|v| !(0.0..=1.0).contains(v)) {
+        Some(i) => Err(format!(
+            "value {} at flat index {i} is outside [0, 1] (floating-point pixels must be in [0, 1]; uint8 \
+             arrays may use 0-255)",
+            values[i]
         )),
-        Err(e) => Err(open_error(e)),
+        None => Ok(values),
+    };
+    match ArrayViewD::<f32>::view_npy(buffer) {
+        Ok(a) => return Ok((a.shape().to_vec(), check_range(a.iter().copied().collect())?)),
+        Err(ViewNpyError::WrongDescriptor(_)) => {}
+        Err(e) => return Err(explain(e)),
     }
+    match ArrayViewD::<f64>::view_npy(buffer) {
+        Ok(a) => return Ok((a.shape().to_vec(), check_range(a.iter().map(|&v| v as f32).collect())?)),
+        Err(ViewNpyError::WrongDescriptor(_)) => {}
+        Err(e) => return Err(explain(e)),
+    }
+    match ArrayViewD::<u8>::view_npy(buffer) {
+        Ok(a) => Ok((a.shape().to_vec(), a.iter().map(|&v| v as f32 / 255.0).collect())),
+        Err(ViewNpyError::WrongDescriptor(d)) => Err(format!("unsupported dtype {d}; use float32, float64 or uint8")),
+        Err(e) => Err(explain(e)),
+    }
+}
+
+/// The bytes of a u64 buffer.
+fn bytemuck_bytes(words: &mut [u64]) -> &mut [u8] {
+    // SAFETY: u8 has no alignment or validity requirements and the length covers exactly the
+    // words' memory, which stays borrowed for the returned lifetime.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 8) }
 }
 
 /// Reads a 1-D int64 NPY array (labels, indices of an attack set) as a tensor.

@@ -1,4 +1,4 @@
-//! `pathguard screen`: screens PNG files, directories of them and NPY arrays, through a
+//! `pathguard screen`: screens PNG and JPEG files, directories of them and NPY arrays, through a
 //! server (streaming) or in process with the same service code, and writes one record per
 //! image.
 
@@ -11,6 +11,7 @@ use tonic::transport::Channel;
 use super::grpc::ScreeningService;
 use super::proto::screening_client::ScreeningClient;
 use super::proto::{images::Source, DataType, EncodedImages, Images, ScreenRequest, ScreenResponse, Tensor};
+use crate::data::image::{image_kind, ImageKind};
 use crate::error::{Error, Result};
 
 /// One image to screen.
@@ -22,14 +23,14 @@ pub struct Input {
 
 #[derive(Debug, Clone)]
 pub enum Payload {
-    /// A PNG file's bytes, decoded by the server.
-    Png(Vec<u8>),
+    /// A PNG or JPEG file's bytes, decoded by the server.
+    Encoded(Vec<u8>),
     /// 784 grey values in [0, 1] (from an NPY array).
     Pixels(Vec<f32>),
 }
 
-/// The inputs named by `paths`: PNG files, NPY arrays (one input per image, id `file#i`) and
-/// directories searched recursively for both, in sorted order.
+/// The inputs named by `paths`: PNG and JPEG files, NPY arrays (one input per image, id
+/// `file#i`) and directories searched recursively for them, in sorted order.
 pub fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<Input>> {
     let mut files = Vec::new();
     for path in paths {
@@ -43,13 +44,12 @@ pub fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<Input>> {
     }
     let mut inputs = Vec::new();
     for file in files {
-        let ext = file.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
-        match ext.as_deref() {
-            Some("png") => {
+        match image_kind(&file) {
+            Some(ImageKind::Encoded) => {
                 let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
-                inputs.push(Input { id: file.display().to_string(), payload: Payload::Png(bytes) });
+                inputs.push(Input { id: file.display().to_string(), payload: Payload::Encoded(bytes) });
             }
-            Some("npy") => {
+            Some(ImageKind::Npy) => {
                 let images = crate::data::image::read_npy(&file)?;
                 let n = images.size()[0];
                 for i in 0..n {
@@ -58,13 +58,13 @@ pub fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<Input>> {
                     inputs.push(Input { id, payload: Payload::Pixels(pixels) });
                 }
             }
-            _ => {
-                return Err(Error::InvalidInput(format!("{}: not a .png or .npy file", file.display())));
+            None => {
+                return Err(Error::InvalidInput(format!("{}: not a .png, .jpg, .jpeg or .npy file", file.display())));
             }
         }
     }
     if inputs.is_empty() {
-        return Err(Error::InvalidInput("no .png or .npy images found in the given paths".into()));
+        return Err(Error::InvalidInput("no .png, .jpg, .jpeg or .npy images found in the given paths".into()));
     }
     Ok(inputs)
 }
@@ -78,24 +78,21 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
     for entry in entries {
         if entry.is_dir() {
             walk(&entry, files)?;
-        } else if matches!(
-            entry.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref(),
-            Some("png" | "npy")
-        ) {
+        } else if image_kind(&entry).is_some() {
             files.push(entry);
         }
     }
     Ok(())
 }
 
-/// A request for `inputs`: encoded files when all are PNG, else a float32 tensor.
+/// A request for `inputs`: encoded files when all are PNG or JPEG, else a float32 tensor.
 pub fn request_for(inputs: &[Input], threshold: Option<f32>, return_path_bits: bool) -> Result<ScreenRequest> {
-    let source = if inputs.iter().all(|i| matches!(i.payload, Payload::Png(_))) {
+    let source = if inputs.iter().all(|i| matches!(i.payload, Payload::Encoded(_))) {
         let files = inputs
             .iter()
             .map(|i| match &i.payload {
-                Payload::Png(bytes) => bytes.clone(),
-                Payload::Pixels(_) => unreachable!("all PNG"),
+                Payload::Encoded(bytes) => bytes.clone(),
+                Payload::Pixels(_) => unreachable!("all encoded"),
             })
             .collect();
         Source::Encoded(EncodedImages { files })
@@ -104,7 +101,7 @@ pub fn request_for(inputs: &[Input], threshold: Option<f32>, return_path_bits: b
         for input in inputs {
             let pixels = match &input.payload {
                 Payload::Pixels(p) => p.clone(),
-                Payload::Png(bytes) => crate::data::image::decode_png(bytes)
+                Payload::Encoded(bytes) => crate::data::image::decode_image(bytes)
                     .map_err(|reason| Error::InvalidInput(format!("{}: {reason}", input.id)))?,
             };
             data.extend(pixels.iter().flat_map(|v| v.to_le_bytes()));
@@ -136,18 +133,41 @@ impl Backend {
     }
 
     /// Screens `requests` in order, calling `on_response` for each answer. Remote: one
-    /// `ScreenStream` call, at most a few requests in flight (flow control).
+    /// `ScreenStream` call, at most a few requests in flight (flow control). Every request
+    /// gets its answer with one result per image, or this fails naming the images that were
+    /// not screened: a run never ends "done" with answers missing.
     pub async fn screen_all(
         &mut self,
         requests: Vec<ScreenRequest>,
         mut on_response: impl FnMut(ScreenResponse) -> Result<()>,
     ) -> Result<()> {
-        let status = |s: tonic::Status| Error::InvalidInput(format!("server answered {:?}: {}", s.code(), s.message()));
-        match self {
+        let ids: Vec<Vec<String>> = requests.iter().map(|r| r.ids.clone()).collect();
+        let mut answered = 0;
+        let mut check = |response: ScreenResponse| -> Result<()> {
+            let expected = ids.get(answered).map(Vec::len).unwrap_or(0);
+            if response.results.len() != expected {
+                return Err(Error::InvalidInput(format!(
+                    "the server answered request {answered} with {} results for {expected} images",
+                    response.results.len()
+                )));
+            }
+            answered += 1;
+            on_response(response)
+        };
+        let status = |s: tonic::Status| format!("the server answered {:?}: {}", s.code(), s.message());
+        let failure: Option<String> = match self {
             Backend::InProcess(service) => {
+                let mut failure = None;
                 for request in requests {
-                    on_response(service.screen_request(request, None).await.map_err(status)?)?;
+                    match service.screen_request(request, None).await {
+                        Ok(response) => check(response)?,
+                        Err(s) => {
+                            failure = Some(status(s));
+                            break;
+                        }
+                    }
                 }
+                failure
             }
             Backend::Remote(client) => {
                 let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -158,17 +178,52 @@ impl Backend {
                         }
                     }
                 });
-                let mut responses = client
-                    .screen_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-                    .await
-                    .map_err(status)?
-                    .into_inner();
-                while let Some(response) = responses.next().await {
-                    on_response(response.map_err(status)?)?;
+                match client.screen_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+                    Err(s) => Some(status(s)),
+                    Ok(responses) => {
+                        let mut responses = responses.into_inner();
+                        let mut failure = None;
+                        while let Some(response) = responses.next().await {
+                            match response {
+                                Ok(response) => check(response)?,
+                                Err(s) => {
+                                    failure = Some(status(s));
+                                    break;
+                                }
+                            }
+                        }
+                        failure
+                    }
                 }
             }
+        };
+        if answered == ids.len() {
+            return Ok(());
         }
-        Ok(())
+        let missing: Vec<&String> = ids[answered..].iter().flatten().collect();
+        let named: Vec<&str> = missing.iter().take(5).map(|s| s.as_str()).collect();
+        Err(Error::InvalidInput(format!(
+            "{} of {} images were not screened (from {}{}): {}",
+            missing.len(),
+            ids.iter().map(Vec::len).sum::<usize>(),
+            named.join(", "),
+            if missing.len() > named.len() { ", ..." } else { "" },
+            failure
+                .map(|f| name_failed_file(&f, &ids[answered]))
+                .unwrap_or_else(|| format!("the server ended the stream after {answered} of {} answers", ids.len())),
+        )))
+    }
+}
+
+/// A server message about `images.encoded.files[i]` or `images.tensor` with the input it means.
+fn name_failed_file(message: &str, ids: &[String]) -> String {
+    let index = message
+        .split_once("images.encoded.files[")
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .and_then(|(i, _)| i.parse::<usize>().ok());
+    match index.and_then(|i| ids.get(i)) {
+        Some(id) => format!("{message} (that is {id})"),
+        None => message.to_string(),
     }
 }
 

@@ -1,15 +1,19 @@
 //! `pathguard.v1.Screening`: validation, then the workers.
 
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_util::FutureExt as _;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use super::bounded;
 use super::deadline::deadline_of;
-use super::input::{decode_images, float32_bytes};
+use super::drain::Drain;
+use super::input::{decode_images_blocking, float32_bytes};
 use super::metrics::Metrics;
 use super::proto::screening_server::Screening;
 use super::proto::{
@@ -25,18 +29,28 @@ use crate::screener::pack_bits;
 pub struct ScreeningService {
     pub workers: Arc<tokio::sync::OnceCell<Arc<Workers>>>,
     pub metrics: Arc<Metrics>,
+    pub drain: Arc<Drain>,
 }
 
 impl ScreeningService {
+    /// A service around `workers` (loaded later by the server; at once in process).
+    pub fn new(workers: Option<Workers>, metrics: Arc<Metrics>) -> Self {
+        ScreeningService {
+            workers: Arc::new(tokio::sync::OnceCell::new_with(workers.map(Arc::new))),
+            metrics,
+            drain: Drain::new(),
+        }
+    }
+
     pub fn workers(&self) -> Result<&Arc<Workers>, Status> {
         self.workers.get().ok_or_else(|| Status::unavailable("the model is still loading; see the health service"))
     }
 
     /// Screens one request: the whole of `Screen`, one message of `ScreenStream`, and the
     /// in-process path of `pathguard screen`.
-    pub async fn screen_request(&self, request: ScreenRequest, deadline: Option<Instant>) -> Result<ScreenResponse, Status> {
+    pub async fn screen_request(&self, mut request: ScreenRequest, deadline: Option<Instant>) -> Result<ScreenResponse, Status> {
         let workers = self.workers()?;
-        let images = decode_images(request.images.as_ref(), "images", workers.limits.max_images_per_request)?;
+        let images = decode_images_blocking(request.images.take(), "images", workers.limits.max_images_per_request).await?;
         let n = images.size()[0] as usize;
         if !request.ids.is_empty() && request.ids.len() != n {
             return Err(Status::invalid_argument(format!(
@@ -79,10 +93,10 @@ impl ScreeningService {
         Ok(ScreenResponse { results, model_hash: workers.info.model_hash.clone() })
     }
 
-    async fn attack_request(&self, request: AttackRequest, deadline: Option<Instant>) -> Result<AttackResponse, Status> {
+    async fn attack_request(&self, mut request: AttackRequest, deadline: Option<Instant>) -> Result<AttackResponse, Status> {
         let workers = self.workers()?;
         let limits = &workers.limits;
-        let images = decode_images(request.images.as_ref(), "images", limits.max_attack_images)?;
+        let images = decode_images_blocking(request.images.take(), "images", limits.max_attack_images).await?;
         let n = images.size()[0] as usize;
         let classes = workers.info.class_names.len() as i64;
         let labels = if request.labels.is_empty() {
@@ -119,22 +133,30 @@ impl ScreeningService {
     }
 
     /// Runs `work`, recording the RPC's code and latency and logging it in the request's span.
+    /// Every outcome is counted: a panic becomes INTERNAL, the end of the shutdown grace
+    /// period UNAVAILABLE, and a call dropped before it finished (the client cancelled it, or
+    /// its deadline passed) CANCELLED or DEADLINE_EXCEEDED. Status messages are bounded.
     pub async fn observed<T>(
         &self,
         rpc: &'static str,
+        deadline: Option<Instant>,
         work: impl std::future::Future<Output = Result<T, Status>>,
     ) -> Result<T, Status> {
-        let started = Instant::now();
         let span = tracing::info_span!("request", rpc);
+        let mut outcome = Outcome { metrics: &self.metrics, rpc, started: Instant::now(), deadline, finished: false };
         async move {
-            let result = work.await;
-            let code = result.as_ref().map(|_| tonic::Code::Ok).unwrap_or_else(|s| s.code());
-            self.metrics.record(rpc, code, started.elapsed());
-            let ms = started.elapsed().as_secs_f64() * 1e3;
-            match &result {
-                Ok(_) => tracing::info!(code = ?code, ms, "done"),
-                Err(s) => tracing::warn!(code = ?code, ms, message = s.message(), "failed"),
-            }
+            let result = tokio::select! {
+                result = AssertUnwindSafe(work).catch_unwind() => result.unwrap_or_else(|panic| {
+                    let what = panic_message(panic.as_ref());
+                    tracing::error!(panic = %bounded::message(&what), "request handler panicked");
+                    Err(Status::internal("the request failed inside the server (a bug); the server is still running"))
+                }),
+                _ = self.drain.aborted() => Err(Status::unavailable(
+                    "the server shut down before this request finished (its shutdown grace period ran out)",
+                )),
+            };
+            let result = result.map_err(bounded::status);
+            outcome.finish(result.as_ref().map(|_| tonic::Code::Ok).unwrap_or_else(|s| s.code()), result.as_ref().err());
             result
         }
         .instrument(span)
@@ -142,12 +164,61 @@ impl ScreeningService {
     }
 }
 
+/// How close to its deadline a dropped call counts as DEADLINE_EXCEEDED rather than CANCELLED.
+const DEADLINE_SLACK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Records one call's outcome, also when the call is dropped before it finishes.
+struct Outcome<'a> {
+    metrics: &'a Metrics,
+    rpc: &'static str,
+    started: Instant,
+    deadline: Option<Instant>,
+    finished: bool,
+}
+
+impl Outcome<'_> {
+    fn finish(&mut self, code: tonic::Code, error: Option<&Status>) {
+        self.finished = true;
+        let elapsed = self.started.elapsed();
+        self.metrics.record(self.rpc, code, elapsed);
+        let ms = elapsed.as_secs_f64() * 1e3;
+        match error {
+            None => tracing::info!(code = ?code, ms, "done"),
+            Some(s) => tracing::warn!(code = ?code, ms, message = s.message(), "failed"),
+        }
+    }
+}
+
+impl Drop for Outcome<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            // The client's timer and tonic's start before ours: a call dropped just before its
+            // deadline was dropped because of it.
+            let code = match self.deadline {
+                Some(d) if d.saturating_duration_since(Instant::now()) < DEADLINE_SLACK => tonic::Code::DeadlineExceeded,
+                _ => tonic::Code::Cancelled,
+            };
+            let elapsed = self.started.elapsed();
+            self.metrics.record(self.rpc, code, elapsed);
+            tracing::info!(rpc = self.rpc, code = ?code, ms = elapsed.as_secs_f64() * 1e3, "abandoned by the client");
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
 /// Attack parameters of a request, validated against the server's limits.
 fn attack_params(r: &AttackRequest, classes: i64, max_steps: usize) -> Result<AttackParams, Status> {
     if !METHODS.contains(&r.method.as_str()) {
         return Err(Status::invalid_argument(format!(
-            "method: unknown attack {:?}; use one of {}",
-            r.method,
+            "method: unknown attack {}; use one of {}",
+            bounded::quoted(&r.method),
             METHODS.join(", ")
         )));
     }
@@ -188,7 +259,8 @@ type ScreenStreamOut = Pin<Box<dyn Stream<Item = Result<ScreenResponse, Status>>
 impl Screening for ScreeningService {
     async fn screen(&self, request: Request<ScreenRequest>) -> Result<Response<ScreenResponse>, Status> {
         let deadline = deadline_of(request.metadata());
-        let response = self.observed("Screen", self.screen_request(request.into_inner(), deadline)).await?;
+        let _call = self.drain.admit()?;
+        let response = self.observed("Screen", deadline, self.screen_request(request.into_inner(), deadline)).await?;
         Ok(Response::new(response))
     }
 
@@ -199,17 +271,27 @@ impl Screening for ScreeningService {
         request: Request<Streaming<ScreenRequest>>,
     ) -> Result<Response<Self::ScreenStreamStream>, Status> {
         let deadline = deadline_of(request.metadata());
+        let call = self.drain.admit()?;
         let mut incoming = request.into_inner();
         let service = self.clone();
         // One message at a time, in order: the next request is read only after the previous
         // answer was handed to the (bounded) response channel, so a slow reader slows the
-        // writer down (flow control end to end).
+        // writer down (flow control end to end). Every message gets an answer, or the stream
+        // ends with an error status: never "OK" with answers missing.
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
-            while let Some(message) = incoming.next().await {
+            let _call = call;
+            loop {
+                let message = tokio::select! {
+                    message = incoming.next() => message,
+                    _ = service.drain.aborted() => Some(Err(Status::unavailable(
+                        "the server shut down before this stream ended (its shutdown grace period ran out)",
+                    ))),
+                };
+                let Some(message) = message else { break };
                 let result = match message {
-                    Ok(request) => service.observed("ScreenStream", service.screen_request(request, deadline)).await,
-                    Err(status) => Err(status),
+                    Ok(request) => service.observed("ScreenStream", deadline, service.screen_request(request, deadline)).await,
+                    Err(status) => Err(bounded::status(status)),
                 };
                 let failed = result.is_err();
                 if tx.send(result).await.is_err() || failed {
@@ -222,12 +304,14 @@ impl Screening for ScreeningService {
 
     async fn generate_attack(&self, request: Request<AttackRequest>) -> Result<Response<AttackResponse>, Status> {
         let deadline = deadline_of(request.metadata());
-        let response = self.observed("GenerateAttack", self.attack_request(request.into_inner(), deadline)).await?;
+        let _call = self.drain.admit()?;
+        let response =
+            self.observed("GenerateAttack", deadline, self.attack_request(request.into_inner(), deadline)).await?;
         Ok(Response::new(response))
     }
 
     async fn get_info(&self, _request: Request<GetInfoRequest>) -> Result<Response<GetInfoResponse>, Status> {
-        self.observed("GetInfo", async {
+        self.observed("GetInfo", None, async {
             let workers = self.workers()?;
             let (info, limits) = (&workers.info, &workers.limits);
             Ok(Response::new(GetInfoResponse {
@@ -258,5 +342,42 @@ impl Screening for ScreeningService {
             }))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(metrics: &Metrics, rpc: &str, code: &str) -> u64 {
+        metrics.requests.with_label_values(&[rpc, code]).get()
+    }
+
+    #[tokio::test]
+    async fn every_outcome_is_counted_panics_and_abandoned_calls_included() {
+        let service = ScreeningService::new(None, Arc::new(Metrics::new()));
+        let metrics = service.metrics.clone();
+        // A panic inside a handler: INTERNAL, counted, and the caller gets an answer.
+        let status = service.observed("Screen", None, async { panic!("boom") as Result<(), Status> }).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Internal);
+        assert_eq!(count(&metrics, "Screen", "INTERNAL"), 1);
+        // A call dropped before it finished (the client went away): CANCELLED.
+        let pending = service.observed("Screen", None, std::future::pending::<Result<(), Status>>());
+        assert!(tokio::time::timeout(std::time::Duration::from_millis(10), pending).await.is_err());
+        assert_eq!(count(&metrics, "Screen", "CANCELLED"), 1);
+        // Dropped at its deadline: DEADLINE_EXCEEDED.
+        let deadline = Some(Instant::now() + std::time::Duration::from_millis(10));
+        let pending = service.observed("Screen", deadline, std::future::pending::<Result<(), Status>>());
+        assert!(tokio::time::timeout(std::time::Duration::from_millis(10), pending).await.is_err());
+        assert_eq!(count(&metrics, "Screen", "DEADLINE_EXCEEDED"), 1);
+        // Errors are bounded; successes counted as OK.
+        let long = service.observed("Screen", None, async { Err::<(), _>(Status::invalid_argument("x".repeat(1 << 20))) });
+        assert!(long.await.unwrap_err().message().len() < 2 * bounded::MAX_MESSAGE_BYTES);
+        service.observed("Screen", None, async { Ok(()) }).await.unwrap();
+        assert_eq!(count(&metrics, "Screen", "OK"), 1);
+        // At the end of the shutdown grace period, calls still running answer UNAVAILABLE.
+        service.drain.abort();
+        let status = service.observed("Screen", None, std::future::pending::<Result<(), Status>>()).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
     }
 }

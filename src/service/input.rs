@@ -4,14 +4,30 @@
 use tch::Tensor;
 use tonic::Status;
 
+use super::bounded;
 use super::proto::{images::Source, DataType, Images};
 use crate::data::fashion_mnist::IMAGE_SIZE;
-use crate::data::image::decode_png;
+use crate::data::image::decode_image;
 
 const PIXELS: usize = IMAGE_SIZE * IMAGE_SIZE;
 
 fn invalid(field: &str, problem: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {problem}"))
+}
+
+/// [`decode_images`] on a blocking thread, at most one per core at a time: decoding and
+/// checking up to a thousand images must not hold up the async runtime (health checks and
+/// every other request run there), nor may a flood of requests decode on more threads than
+/// there are cores.
+pub async fn decode_images_blocking(images: Option<Images>, field: &'static str, max_images: usize) -> Result<Tensor, Status> {
+    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    let permits = PERMITS.get_or_init(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+    });
+    let _permit = permits.acquire().await.map_err(|_| Status::unavailable("decoding is shut down"))?;
+    tokio::task::spawn_blocking(move || decode_images(images.as_ref(), field, max_images))
+        .await
+        .unwrap_or_else(|_| Err(invalid(field, "the images could not be decoded (the decoder failed)")))
 }
 
 /// Decodes `images` into a `[N, 1, 28, 28]` float32 CPU tensor with 1 <= N <= `max_images`.
@@ -33,7 +49,7 @@ pub fn decode_images(images: Option<&Images>, field: &str, max_images: usize) ->
             check_count(e.files.len(), &field, max_images)?;
             let mut values = Vec::with_capacity(e.files.len() * PIXELS);
             for (i, file) in e.files.iter().enumerate() {
-                values.extend(decode_png(file).map_err(|problem| invalid(&format!("{field}[{i}]"), problem))?);
+                values.extend(decode_image(file).map_err(|problem| invalid(&format!("{field}[{i}]"), problem))?);
             }
             (e.files.len(), values)
         }
@@ -57,10 +73,10 @@ fn image_count(shape: &[i64], field: &str, max_images: usize) -> Result<usize, S
     let side = IMAGE_SIZE as i64;
     let n = match shape {
         [n, 1, h, w] | [n, h, w] if (*h, *w) == (side, side) => *n,
-        _ => return Err(invalid(field, format!("{shape:?}; expected [N, 1, 28, 28] or [N, 28, 28]"))),
+        _ => return Err(invalid(field, format!("{}; expected [N, 1, 28, 28] or [N, 28, 28]", bounded::shape(shape)))),
     };
     if n < 0 {
-        return Err(invalid(field, format!("{shape:?} has a negative size")));
+        return Err(invalid(field, format!("{} has a negative size", bounded::shape(shape))));
     }
     check_count(n as usize, field, max_images)?;
     Ok(n as usize)

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
+use super::bounded::quoted;
 use super::deadline::deadline_of;
 use super::grpc::ScreeningService;
 use super::inference::grpc_inference_service_server::GrpcInferenceService;
@@ -33,10 +34,10 @@ fn invalid(message: String) -> Status {
 /// Checks the model name and version of a request.
 fn check_model(name: &str, version: &str) -> Result<(), Status> {
     if name != MODEL_NAME {
-        return Err(Status::not_found(format!("model {name:?} is not served here; the model is {MODEL_NAME:?}")));
+        return Err(Status::not_found(format!("model {} is not served here; the model is {MODEL_NAME:?}", quoted(name))));
     }
     if !version.is_empty() && version != MODEL_VERSION {
-        return Err(Status::not_found(format!("model {MODEL_NAME} has version {MODEL_VERSION} only, not {version:?}")));
+        return Err(Status::not_found(format!("model {MODEL_NAME} has version {MODEL_VERSION} only, not {}", quoted(version))));
     }
     Ok(())
 }
@@ -48,12 +49,12 @@ fn input_images(request: &ModelInferRequest) -> Result<Images, Status> {
     }
     let input: &InferInputTensor = &request.inputs[0];
     if input.name != INPUT {
-        return Err(invalid(format!("inputs[0].name: {:?}; the model's input is {INPUT:?}", input.name)));
+        return Err(invalid(format!("inputs[0].name: {}; the model's input is {INPUT:?}", quoted(&input.name))));
     }
     let dtype = match input.datatype.as_str() {
         "FP32" => DataType::Float32,
         "UINT8" => DataType::Uint8,
-        other => return Err(invalid(format!("inputs[0].datatype: {other:?}; use FP32 or UINT8"))),
+        other => return Err(invalid(format!("inputs[0].datatype: {}; use FP32 or UINT8", quoted(other)))),
     };
     let raw = &request.raw_input_contents;
     let data = match (&input.contents, raw.is_empty()) {
@@ -100,7 +101,7 @@ fn requested_outputs(request: &ModelInferRequest) -> Result<Vec<&'static str>, S
         .enumerate()
         .map(|(i, o)| {
             OUTPUTS.iter().copied().find(|name| *name == o.name).ok_or_else(|| {
-                invalid(format!("outputs[{i}].name: {:?} is not an output; the outputs are {}", o.name, OUTPUTS.join(", ")))
+                invalid(format!("outputs[{i}].name: {} is not an output; the outputs are {}", quoted(&o.name), OUTPUTS.join(", ")))
             })
         })
         .collect()
@@ -211,7 +212,65 @@ impl GrpcInferenceService for InferenceService {
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
         let deadline = deadline_of(request.metadata());
-        let response = self.screening.observed("ModelInfer", self.infer(request.into_inner(), deadline)).await?;
+        let _call = self.screening.drain.admit()?;
+        let response = self.screening.observed("ModelInfer", deadline, self.infer(request.into_inner(), deadline)).await?;
         Ok(Response::new(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, FileFailurePersistence};
+
+    fn request(name: String, datatype: String, shape: Vec<i64>, raw: Vec<Vec<u8>>, fp32: Vec<f32>, outputs: Vec<String>) -> ModelInferRequest {
+        ModelInferRequest {
+            model_name: MODEL_NAME.into(),
+            inputs: vec![InferInputTensor {
+                name,
+                datatype,
+                shape,
+                parameters: Default::default(),
+                contents: (!fp32.is_empty()).then(|| InferTensorContents { fp32_contents: fp32, ..Default::default() }),
+            }],
+            outputs: outputs
+                .into_iter()
+                .map(|name| model_infer_request::InferRequestedOutputTensor { name, parameters: Default::default() })
+                .collect(),
+            raw_input_contents: raw,
+            ..Default::default()
+        }
+    }
+
+    fn long_or(short: &'static str) -> impl Strategy<Value = String> {
+        prop_oneof![Just(short.to_string()), Just("x".repeat(100_000)), "[a-zA-Z0-9_]{0,12}"]
+    }
+
+    proptest! {
+        #![proptest_config(Config { cases: 2000, failure_persistence: Some(Box::new(FileFailurePersistence::Off)), ..Config::default() })]
+
+        /// ModelInfer's own validation (before the shared image validation): every request is
+        /// answered, with a short INVALID_ARGUMENT (or NOT_FOUND) when it is wrong.
+        #[test]
+        fn model_infer_validation_answers_every_request(
+            name in long_or(INPUT),
+            datatype in long_or("FP32"),
+            shape in prop::collection::vec(prop::sample::select(vec![-1i64, 0, 1, 28, i64::MAX]), 0..6),
+            raw in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 0..3),
+            fp32 in prop::collection::vec(any::<f32>(), 0..4),
+            outputs in prop::collection::vec(long_or("probabilities"), 0..3),
+            model in long_or(MODEL_NAME),
+        ) {
+            let mut request = request(name, datatype, shape, raw, fp32, outputs);
+            request.model_name = model;
+            let checked = check_model(&request.model_name, &request.model_version)
+                .and_then(|_| requested_outputs(&request).map(|_| ()))
+                .and_then(|_| input_images(&request).map(|_| ()));
+            if let Err(status) = checked {
+                prop_assert!(matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::NotFound));
+                prop_assert!(status.message().len() <= 400, "{} bytes: {}", status.message().len(), &status.message()[..200]);
+            }
+        }
     }
 }

@@ -15,7 +15,9 @@ pub struct Limits {
     pub max_attack_images: usize,
     /// Iterations of one attack (C&W: steps x search steps).
     pub max_attack_steps: usize,
-    /// Largest message decoded or encoded (bytes). 1,024 float32 images take 3.2 MB.
+    /// Largest message decoded or encoded (bytes). 1,024 float32 images take 3.2 MB. Also
+    /// what bounds the memory a request costs: decoding grows numbers at most 8-fold (and the
+    /// codec bounds the count of everything else), so a request costs at most 9 times this.
     pub max_message_bytes: usize,
 }
 
@@ -28,7 +30,7 @@ impl Default for Limits {
             queue_capacity: 256,
             max_attack_images: 256,
             max_attack_steps: 1000,
-            max_message_bytes: 16 * 1024 * 1024,
+            max_message_bytes: 4 * 1024 * 1024,
         }
     }
 }

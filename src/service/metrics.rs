@@ -19,6 +19,10 @@ pub struct Metrics {
     pub batch_size: prometheus::Histogram,
     pub images_screened: IntCounter,
     pub images_flagged: IntCounter,
+    /// Attacks stopped part-way because their caller went away or its deadline passed.
+    pub attacks_abandoned: IntCounter,
+    /// Resident memory of the process, read when the metrics are rendered.
+    pub resident_memory: prometheus::IntGauge,
 }
 
 impl Default for Metrics {
@@ -55,6 +59,14 @@ impl Metrics {
         let images_screened = IntCounter::new("pathguard_images_screened_total", "Images screened").expect("valid metric");
         let images_flagged =
             IntCounter::new("pathguard_images_flagged_total", "Images flagged as adversarial").expect("valid metric");
+        let attacks_abandoned = IntCounter::new(
+            "pathguard_attacks_abandoned_total",
+            "Attacks stopped part-way because the caller went away or its deadline passed",
+        )
+        .expect("valid metric");
+        let resident_memory =
+            prometheus::IntGauge::new("pathguard_process_resident_memory_bytes", "Resident memory of the server process")
+                .expect("valid metric");
         for m in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -62,10 +74,22 @@ impl Metrics {
             Box::new(batch_size.clone()),
             Box::new(images_screened.clone()),
             Box::new(images_flagged.clone()),
+            Box::new(attacks_abandoned.clone()),
+            Box::new(resident_memory.clone()),
         ] {
             registry.register(m).expect("metric names are unique");
         }
-        Metrics { registry, requests, latency, queue_wait, batch_size, images_screened, images_flagged }
+        Metrics {
+            registry,
+            requests,
+            latency,
+            queue_wait,
+            batch_size,
+            images_screened,
+            images_flagged,
+            attacks_abandoned,
+            resident_memory,
+        }
     }
 
     /// Records one finished request.
@@ -76,10 +100,22 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        if let Some(bytes) = resident_memory_bytes() {
+            self.resident_memory.set(bytes as i64);
+        }
         let mut buffer = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buffer).expect("text encoding");
         String::from_utf8(buffer).expect("prometheus text is UTF-8")
     }
+}
+
+/// Resident memory of this process (Linux: `/proc/self/statm`), or None elsewhere.
+pub fn resident_memory_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
 }
 
 /// The canonical upper-case name of a gRPC code.

@@ -4,9 +4,13 @@
 //! Handlers on the async runtime only validate and enqueue; the model lives on worker threads
 //! ([`worker`]) that batch requests from different clients together.
 
+pub mod bounded;
 pub mod client;
+pub mod codec;
 pub mod deadline;
+pub mod drain;
 pub mod grpc;
+pub mod hostile;
 pub mod input;
 pub mod kserve;
 pub mod limits;

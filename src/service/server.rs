@@ -34,6 +34,10 @@ pub struct ServeOptions {
     pub shutdown_grace: std::time::Duration,
 }
 
+/// After the drain, how long answers and open streams get to be written before the process
+/// exits.
+const FLUSH_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
 const SCREENING: &str = <ScreeningServer<ScreeningService> as NamedService>::NAME;
 
 /// Resolves on SIGINT or SIGTERM.
@@ -80,7 +84,7 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::NotServing).await;
     health.set_service_status(SCREENING, ServingStatus::NotServing).await;
-    let service = ScreeningService { workers: Arc::new(tokio::sync::OnceCell::new()), metrics: metrics.clone() };
+    let service = ScreeningService::new(None, metrics.clone());
 
     // Load in the background so that health answers NOT_SERVING meanwhile.
     let (load_failed, load_failure) = tokio::sync::oneshot::channel::<Error>();
@@ -130,13 +134,20 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
         .max_decoding_message_size(max_bytes)
         .max_encoding_message_size(max_bytes);
 
+    // Shutdown, in order: health NOT_SERVING and new calls refused (connections are still
+    // accepted, so probes read NOT_SERVING); wait for the calls in flight, at most the grace
+    // period; then the calls still running answer UNAVAILABLE; then the transport stops.
     let (failure_tx, mut failure_rx) = tokio::sync::mpsc::channel::<Error>(1);
-    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
-    let shutdown = {
-        let health = health.clone();
-        async move {
+    let (stop_transport, transport_stopping) = tokio::sync::watch::channel(false);
+    let grace = options.shutdown_grace;
+    {
+        let (health, drain) = (health.clone(), service.drain.clone());
+        tokio::spawn(async move {
             tokio::select! {
-                _ = shutdown_signal() => tracing::info!("shutdown signal: finishing in-flight requests"),
+                _ = shutdown_signal() => tracing::info!(
+                    in_flight = drain.in_flight(),
+                    "shutdown signal: refusing new calls, finishing those in flight"
+                ),
                 Ok(e) = load_failure => {
                     tracing::error!(error = %e, "could not load the model");
                     let _ = failure_tx.send(e).await;
@@ -144,26 +155,42 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
             }
             health.set_service_status("", ServingStatus::NotServing).await;
             health.set_service_status(SCREENING, ServingStatus::NotServing).await;
-            let _ = stopping_tx.send(true);
-        }
-    };
+            drain.begin();
+            if tokio::time::timeout(grace, drain.idle()).await.is_err() {
+                tracing::warn!(
+                    seconds = grace.as_secs_f64(),
+                    in_flight = drain.in_flight(),
+                    "grace period over; answering the calls still running with UNAVAILABLE"
+                );
+                drain.abort();
+                // Their answers are written before the transport closes.
+                let _ = tokio::time::timeout(FLUSH_TIME, drain.idle()).await;
+            }
+            stop_transport.send_replace(true);
+        });
+    }
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(screening)
         .add_service(inference)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
-    // Graceful shutdown waits for every open stream; a client watching health forever must
-    // not keep the process alive past the grace period.
-    let grace = options.shutdown_grace;
-    let grace_over = async move {
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
+            let mut stopping = transport_stopping.clone();
+            async move {
+                let _ = stopping.wait_for(|&s| s).await;
+            }
+        });
+    // The transport's own graceful stop waits for every open stream; a client watching health
+    // forever must not keep the process alive.
+    let streams_left = async move {
+        let mut stopping = transport_stopping;
         let _ = stopping.wait_for(|&s| s).await;
-        tokio::time::sleep(grace).await;
+        tokio::time::sleep(FLUSH_TIME).await;
     };
     tokio::select! {
         served = server => served.map_err(|e| Error::Config(format!("gRPC server: {e}")))?,
-        _ = grace_over => tracing::warn!(seconds = grace.as_secs_f64(), "grace period over; closing the remaining streams"),
+        _ = streams_left => tracing::warn!("closing the streams still open (health watches)"),
     }
     let _ = stop_metrics.send(());
     if let Ok(e) = failure_rx.try_recv() {

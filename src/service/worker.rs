@@ -17,7 +17,7 @@ use tonic::Status;
 
 use super::limits::Limits;
 use super::metrics::Metrics;
-use crate::attack_set::{run_attack, AttackParams, GateGradient};
+use crate::attack_set::{run_attack_until, AttackParams, GateGradient};
 use crate::data::Dataset;
 use crate::screener::{Screened, Screener};
 
@@ -84,7 +84,17 @@ impl Workers {
         })?;
         spawn_worker("pathguard-attack", model_dir, device, {
             let (limits, metrics) = (limits.clone(), metrics.clone());
-            move |screener| attack_loop(&screener, attack_rx, &limits, &metrics)
+            move |screener| {
+                // EXPERIMENT (not to commit as is)
+                if let Ok(n) = std::env::var("PATHGUARD_ATTACK_NICE") {
+                    let nice: i32 = n.parse().unwrap();
+                    unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as u32, nice) };
+                }
+                if let Ok(n) = std::env::var("PATHGUARD_ATTACK_THREADS") {
+                    tch::set_num_threads(n.parse().unwrap());
+                }
+                attack_loop(&screener, attack_rx, &limits, &metrics)
+            }
         })?;
         Ok(Workers { screen, attack, info, limits })
     }
@@ -169,6 +179,7 @@ fn guarded<T>(f: impl FnOnce() -> crate::Result<T>) -> Result<T, Status> {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(crate::Error::InvalidInput(msg))) => Err(Status::invalid_argument(msg)),
         Ok(Err(crate::Error::Config(msg))) => Err(Status::invalid_argument(msg)),
+        Ok(Err(crate::Error::Cancelled)) => Err(Status::cancelled("the caller gave up before the work finished")),
         Ok(Err(e)) => Err(Status::internal(e.to_string())),
         Err(_) => Err(Status::internal("the computation failed; the server is still running")),
     }
@@ -246,12 +257,23 @@ fn attack_loop(screener: &Screener, queue: Receiver<AttackJob>, limits: &Limits,
         if job.reply.is_closed() {
             continue;
         }
-        let result = guarded(|| run_attack_job(screener, &job, limits.max_batch));
+        // The attack stops within one iteration of its caller going away (a dropped call
+        // closes the reply channel) or of its deadline passing, freeing the worker.
+        let abandoned = || job.reply.is_closed() || expired(job.deadline, Instant::now());
+        let result = guarded(|| run_attack_job(screener, &job, limits.max_batch, &abandoned));
+        if matches!(&result, Err(s) if s.code() == tonic::Code::Cancelled) {
+            metrics.attacks_abandoned.inc();
+        }
         let _ = job.reply.send(result);
     }
 }
 
-fn run_attack_job(screener: &Screener, job: &AttackJob, batch_size: usize) -> crate::Result<AttackResult> {
+fn run_attack_job(
+    screener: &Screener,
+    job: &AttackJob,
+    batch_size: usize,
+    abandoned: &dyn Fn() -> bool,
+) -> crate::Result<AttackResult> {
     let model = &screener.checkpoint.model;
     let labels = match &job.labels {
         Some(labels) => labels.shallow_clone(),
@@ -260,7 +282,17 @@ fn run_attack_job(screener: &Screener, job: &AttackJob, batch_size: usize) -> cr
     let data = Dataset { images: job.images.shallow_clone(), labels };
     let n = data.len() as i64;
     let indices = Tensor::arange(n, (Kind::Int64, Device::Cpu));
-    let outcome = run_attack(model, screener.device, &data, &indices, &job.params, GateGradient::Surrogate, batch_size, false)?;
+    let outcome = run_attack_until(
+        model,
+        screener.device,
+        &data,
+        &indices,
+        &job.params,
+        GateGradient::Surrogate,
+        batch_size,
+        false,
+        abandoned,
+    )?;
     let success = match job.params.target_class {
         Some(t) => outcome.predictions.eq(t),
         None => outcome.predictions.ne_tensor(&outcome.labels),
