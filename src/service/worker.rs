@@ -84,17 +84,7 @@ impl Workers {
         })?;
         spawn_worker("pathguard-attack", model_dir, device, {
             let (limits, metrics) = (limits.clone(), metrics.clone());
-            move |screener| {
-                // EXPERIMENT (not to commit as is)
-                if let Ok(n) = std::env::var("PATHGUARD_ATTACK_NICE") {
-                    let nice: i32 = n.parse().unwrap();
-                    unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as u32, nice) };
-                }
-                if let Ok(n) = std::env::var("PATHGUARD_ATTACK_THREADS") {
-                    tch::set_num_threads(n.parse().unwrap());
-                }
-                attack_loop(&screener, attack_rx, &limits, &metrics)
-            }
+            move |screener| attack_loop(&screener, attack_rx, &limits, &metrics)
         })?;
         Ok(Workers { screen, attack, info, limits })
     }
