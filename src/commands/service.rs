@@ -51,7 +51,8 @@ pub struct ServeArgs {
     metrics_addr: String,
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
-    /// Seconds in-flight requests and open streams get after SIGINT/SIGTERM
+    /// Seconds the calls in flight get to finish after SIGINT/SIGTERM; those still running then
+    /// answer UNAVAILABLE
     #[arg(long, default_value_t = 30.0)]
     shutdown_grace_s: f64,
 }

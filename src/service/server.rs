@@ -29,14 +29,18 @@ pub struct ServeOptions {
     pub device: Device,
     pub limits: Limits,
     pub metrics_addr: Option<SocketAddr>,
-    /// After a shutdown signal, how long in-flight requests (and open streams such as health
-    /// watches) may take before the server exits anyway.
+    /// After a shutdown signal, how long the calls in flight may take before they are answered
+    /// UNAVAILABLE and the server exits.
     pub shutdown_grace: std::time::Duration,
 }
 
 /// After the drain, how long answers and open streams get to be written before the process
 /// exits.
 const FLUSH_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long the process waits for the workers' last computation (an abandoned attack stops
+/// within one iteration) before it exits.
+const WORKERS_STOP_TIME: std::time::Duration = std::time::Duration::from_secs(30);
 
 const SCREENING: &str = <ScreeningServer<ScreeningService> as NamedService>::NAME;
 
@@ -191,6 +195,12 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
     tokio::select! {
         served = server => served.map_err(|e| Error::Config(format!("gRPC server: {e}")))?,
         _ = streams_left => tracing::warn!("closing the streams still open (health watches)"),
+    }
+    if let Some(workers) = service.workers.get().cloned() {
+        let idle = tokio::task::spawn_blocking(move || workers.wait_idle(WORKERS_STOP_TIME)).await.unwrap_or(false);
+        if !idle {
+            tracing::warn!("a worker is still computing; exiting anyway");
+        }
     }
     let _ = stop_metrics.send(());
     if let Ok(e) = failure_rx.try_recv() {

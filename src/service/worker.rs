@@ -8,6 +8,7 @@
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -66,8 +67,26 @@ struct AttackJob {
 pub struct Workers {
     screen: SyncSender<ScreenJob>,
     attack: SyncSender<AttackJob>,
+    /// Jobs computing right now, on either worker.
+    computing: Arc<AtomicUsize>,
     pub info: ModelInfo,
     pub limits: Limits,
+}
+
+/// Counts a job as computing while it lives.
+struct Computing<'a>(&'a AtomicUsize);
+
+impl<'a> Computing<'a> {
+    fn start(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Computing(count)
+    }
+}
+
+impl Drop for Computing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Attacks waiting for the attack worker.
@@ -78,15 +97,30 @@ impl Workers {
     pub fn start(model_dir: &Path, device: Device, limits: Limits, metrics: Arc<Metrics>) -> crate::Result<Self> {
         let (screen, screen_rx) = sync_channel::<ScreenJob>(limits.queue_capacity);
         let (attack, attack_rx) = sync_channel::<AttackJob>(ATTACK_QUEUE);
+        let computing = Arc::new(AtomicUsize::new(0));
         let info = spawn_worker("pathguard-screen", model_dir, device, {
-            let (limits, metrics) = (limits.clone(), metrics.clone());
-            move |screener| screen_loop(&screener, screen_rx, &limits, &metrics)
+            let (limits, metrics, computing) = (limits.clone(), metrics.clone(), computing.clone());
+            move |screener| screen_loop(&screener, screen_rx, &limits, &metrics, &computing)
         })?;
         spawn_worker("pathguard-attack", model_dir, device, {
-            let (limits, metrics) = (limits.clone(), metrics.clone());
-            move |screener| attack_loop(&screener, attack_rx, &limits, &metrics)
+            let (limits, metrics, computing) = (limits.clone(), metrics.clone(), computing.clone());
+            move |screener| attack_loop(&screener, attack_rx, &limits, &metrics, &computing)
         })?;
-        Ok(Workers { screen, attack, info, limits })
+        Ok(Workers { screen, attack, computing, info, limits })
+    }
+
+    /// Waits (at most `timeout`) until no job is computing; says whether that happened. The
+    /// process must not exit while libtorch runs on a worker thread (its globals are torn
+    /// down under the computation); an abandoned attack stops within an iteration.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        while self.computing.load(Ordering::SeqCst) > 0 {
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
     }
 
     /// Screens `images` (`[N, 1, 28, 28]` float32, validated) on the screening worker.
@@ -179,7 +213,7 @@ fn expired(deadline: Option<Instant>, now: Instant) -> bool {
     deadline.is_some_and(|d| d <= now)
 }
 
-fn screen_loop(screener: &Screener, queue: Receiver<ScreenJob>, limits: &Limits, metrics: &Metrics) {
+fn screen_loop(screener: &Screener, queue: Receiver<ScreenJob>, limits: &Limits, metrics: &Metrics, computing: &AtomicUsize) {
     let max_batch = limits.max_batch.max(1);
     let max_delay = Duration::from_millis(limits.max_delay_ms);
     while let Ok(first) = queue.recv() {
@@ -208,6 +242,7 @@ fn screen_loop(screener: &Screener, queue: Receiver<ScreenJob>, limits: &Limits,
         if live.is_empty() {
             continue;
         }
+        let _computing = Computing::start(computing);
         let batch = Tensor::cat(&live.iter().map(|j| j.images.shallow_clone()).collect::<Vec<_>>(), 0);
         let result = guarded(|| {
             let n = batch.size()[0];
@@ -236,7 +271,7 @@ fn screen_loop(screener: &Screener, queue: Receiver<ScreenJob>, limits: &Limits,
     }
 }
 
-fn attack_loop(screener: &Screener, queue: Receiver<AttackJob>, limits: &Limits, metrics: &Metrics) {
+fn attack_loop(screener: &Screener, queue: Receiver<AttackJob>, limits: &Limits, metrics: &Metrics, computing: &AtomicUsize) {
     while let Ok(job) = queue.recv() {
         let now = Instant::now();
         metrics.queue_wait.with_label_values(&["attack"]).observe((now - job.enqueued).as_secs_f64());
@@ -250,10 +285,12 @@ fn attack_loop(screener: &Screener, queue: Receiver<AttackJob>, limits: &Limits,
         // The attack stops within one iteration of its caller going away (a dropped call
         // closes the reply channel) or of its deadline passing, freeing the worker.
         let abandoned = || job.reply.is_closed() || expired(job.deadline, Instant::now());
+        let computing = Computing::start(computing);
         let result = guarded(|| run_attack_job(screener, &job, limits.max_batch, &abandoned));
         if matches!(&result, Err(s) if s.code() == tonic::Code::Cancelled) {
             metrics.attacks_abandoned.inc();
         }
+        drop(computing);
         let _ = job.reply.send(result);
     }
 }
