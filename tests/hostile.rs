@@ -12,7 +12,7 @@ use pathguard::service::inference::ModelInferRequest;
 use pathguard::service::proto::{images::Source, AttackRequest, DataType, EncodedImages, Images, ScreenRequest, Tensor};
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::service::{float32_images, http_get, tensor_request, test_images, Server};
+use crate::service::{float32_images, http_get, pgd_request, tensor_request, test_images, Server};
 
 fn encoded(files: Vec<Vec<u8>>) -> Images {
     Images { source: Some(Source::Encoded(EncodedImages { files })) }
@@ -204,14 +204,7 @@ async fn abandoned_attacks_stop_and_every_outcome_is_counted() {
     let server = Server::start(&[]);
     server.wait_serving().await;
     let (images, labels) = test_images(8);
-    let long_attack = || AttackRequest {
-        images: Some(float32_images(&images)),
-        labels: labels.clone(),
-        method: "pgd".into(),
-        eps: 0.1,
-        steps: Some(1000),
-        ..Default::default()
-    };
+    let long_attack = || pgd_request(&images, labels.clone(), 1000);
     // PGD-1000 on 8 images (over a minute on 2 cores), once with a 1 s deadline...
     let mut client = server.client().await;
     let mut request = tonic::Request::new(long_attack());

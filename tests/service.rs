@@ -132,6 +132,18 @@ pub fn test_images(n: usize) -> (tch::Tensor, Vec<i64>) {
     (test.images, Vec::<i64>::try_from(test.labels).unwrap())
 }
 
+/// PGD at eps 0.1 with `steps` iterations on `images`: slow on purpose.
+pub fn pgd_request(images: &tch::Tensor, labels: Vec<i64>, steps: u32) -> AttackRequest {
+    AttackRequest {
+        images: Some(float32_images(images)),
+        labels,
+        method: "pgd".into(),
+        eps: 0.1,
+        steps: Some(steps),
+        ..Default::default()
+    }
+}
+
 pub fn tensor_request(images: &tch::Tensor) -> ScreenRequest {
     ScreenRequest { images: Some(float32_images(images)), ..Default::default() }
 }
@@ -360,7 +372,13 @@ async fn screening_round_trip_validation_concurrency_streaming_and_metrics() {
         let request = tensor_request(&big_images);
         tokio::spawn(async move { client.screen(request).await })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The late requests are sent once the big one is computing (its first pass is counted), so
+    // that they wait behind it however slow the machine is.
+    let started = Instant::now();
+    while batches(&http_get(server.metrics, "/metrics")) == before {
+        assert!(started.elapsed() < Duration::from_secs(60), "the big request never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let mut late = Vec::new();
     for _ in 0..10 {
         let mut client = server.client().await;
@@ -431,6 +449,37 @@ async fn a_full_queue_answers_resource_exhausted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_queue_is_bounded_by_images_too() {
+    // 1,024 images held at most: a second 1,024-image request waits for nothing, it is refused.
+    let server = Server::start(&["--max-queued-images", "1024", "--max-batch", "64", "--max-delay-ms", "0"]);
+    server.wait_serving().await;
+    let (images, _) = test_images(1024);
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let url = server.url();
+        let request = tensor_request(&images);
+        tasks.push(tokio::spawn(async move {
+            let mut client = ScreeningClient::connect(url).await.unwrap().max_decoding_message_size(64 << 20);
+            client.screen(request).await.map(|_| ()).map_err(|s| (s.code(), s.message().to_string()))
+        }));
+    }
+    let mut codes = Vec::new();
+    for task in tasks {
+        codes.push(task.await.unwrap());
+    }
+    let refused: Vec<_> = codes.iter().filter_map(|c| c.as_ref().err()).collect();
+    assert!(!refused.is_empty() && codes.iter().any(|c| c.is_ok()), "{codes:?}");
+    for (code, message) in refused {
+        assert_eq!(*code, tonic::Code::ResourceExhausted);
+        assert!(message.contains("limit of 1024"), "{message}");
+    }
+    let mut client = server.client().await;
+    let info = client.get_info(GetInfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(info.limits.unwrap().max_queued_images, 1024);
+    assert!(client.screen(tensor_request(&images.narrow(0, 0, 8))).await.is_ok(), "and it recovers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shutdown_reports_not_serving_and_drains_an_in_flight_request() {
     // A long grace period: the in-flight request must finish however busy the machine is.
     let server = Server::start(&["--shutdown-grace-s", "600"]);
@@ -448,14 +497,7 @@ async fn shutdown_reports_not_serving_and_drains_an_in_flight_request() {
     // A slow request (PGD-60 on 48 images, a few seconds on 2 cores) in flight...
     let (images, labels) = test_images(48);
     let mut client = server.client().await;
-    let request = AttackRequest {
-        images: Some(float32_images(&images)),
-        labels,
-        method: "pgd".into(),
-        eps: 0.1,
-        steps: Some(60),
-        ..Default::default()
-    };
+    let request = pgd_request(&images, labels, 60);
     let in_flight = tokio::spawn(async move { client.generate_attack(request).await });
     tokio::time::sleep(Duration::from_millis(700)).await;
     // ...when SIGTERM arrives: health goes NOT_SERVING, the request still completes, exit 0.
@@ -486,14 +528,7 @@ async fn at_the_end_of_the_grace_period_calls_in_flight_answer_unavailable() {
     // An attack of several minutes (PGD-1000 on 64 images)...
     let (images, labels) = test_images(64);
     let mut client = server.client().await;
-    let request = AttackRequest {
-        images: Some(float32_images(&images)),
-        labels,
-        method: "pgd".into(),
-        eps: 0.1,
-        steps: Some(1000),
-        ..Default::default()
-    };
+    let request = pgd_request(&images, labels, 1000);
     let in_flight = tokio::spawn(async move { client.generate_attack(request).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     server.signal("TERM");

@@ -46,6 +46,10 @@ pub struct ServeArgs {
     /// Images per request
     #[arg(long, default_value_t = Limits::default().max_images_per_request)]
     max_request_images: usize,
+    /// Images the screening worker may hold, queued or computing (bounds the queue's memory:
+    /// 3 KB per image); beyond it the server answers RESOURCE_EXHAUSTED
+    #[arg(long, default_value_t = Limits::default().max_queued_images)]
+    max_queued_images: usize,
     /// Prometheus metrics over HTTP (GET /metrics); "off" disables
     #[arg(long, default_value = "127.0.0.1:9090")]
     metrics_addr: String,
@@ -86,11 +90,15 @@ pub fn run_serve(args: ServeArgs) -> Result<()> {
     if args.max_batch == 0 || args.queue == 0 || args.max_request_images == 0 {
         bail!("--max-batch, --queue and --max-request-images must be at least 1");
     }
+    if args.max_queued_images < args.max_request_images {
+        bail!("--max-queued-images must be at least --max-request-images ({})", args.max_request_images);
+    }
     let limits = Limits {
         max_batch: args.max_batch,
         max_delay_ms: args.max_delay_ms,
         queue_capacity: args.queue,
         max_images_per_request: args.max_request_images,
+        max_queued_images: args.max_queued_images,
         ..Limits::default()
     };
     if !(args.shutdown_grace_s >= 0.0 && args.shutdown_grace_s.is_finite()) {

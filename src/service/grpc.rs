@@ -336,6 +336,7 @@ impl Screening for ScreeningService {
                     max_attack_images: limits.max_attack_images as u32,
                     max_attack_steps: limits.max_attack_steps as u32,
                     max_message_bytes: limits.max_message_bytes as u64,
+                    max_queued_images: limits.max_queued_images as u32,
                 }),
                 device: info.device.clone(),
                 version: env!("CARGO_PKG_VERSION").into(),

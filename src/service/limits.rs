@@ -11,6 +11,9 @@ pub struct Limits {
     pub max_delay_ms: u64,
     /// Requests waiting for the screening worker; beyond it: RESOURCE_EXHAUSTED.
     pub queue_capacity: usize,
+    /// Images the screening worker may hold, queued or computing (4 bytes x 784 each); beyond
+    /// it: RESOURCE_EXHAUSTED. Bounds the queue's memory whatever the request sizes.
+    pub max_queued_images: usize,
     /// Images in one GenerateAttack request.
     pub max_attack_images: usize,
     /// Iterations of one attack (C&W: steps x search steps).
@@ -28,6 +31,7 @@ impl Default for Limits {
             max_batch: 128,
             max_delay_ms: 5,
             queue_capacity: 256,
+            max_queued_images: 16_384,
             max_attack_images: 256,
             max_attack_steps: 1000,
             max_message_bytes: 4 * 1024 * 1024,

@@ -36,6 +36,7 @@ pub struct ModelInfo {
 
 struct ScreenJob {
     images: Tensor,
+    _held: HeldImages,
     enqueued: Instant,
     deadline: Option<Instant>,
     reply: oneshot::Sender<Result<Vec<Screened>, Status>>,
@@ -69,8 +70,22 @@ pub struct Workers {
     attack: SyncSender<AttackJob>,
     /// Jobs computing right now, on either worker.
     computing: Arc<AtomicUsize>,
+    /// Images of the screening jobs queued or computing (bounded by `max_queued_images`).
+    held_images: Arc<AtomicUsize>,
     pub info: ModelInfo,
     pub limits: Limits,
+}
+
+/// Counts a screening job's images as held by the worker while the job lives.
+struct HeldImages {
+    count: Arc<AtomicUsize>,
+    images: usize,
+}
+
+impl Drop for HeldImages {
+    fn drop(&mut self) {
+        self.count.fetch_sub(self.images, Ordering::SeqCst);
+    }
 }
 
 /// Counts a job as computing while it lives.
@@ -106,7 +121,7 @@ impl Workers {
             let (limits, metrics, computing) = (limits.clone(), metrics.clone(), computing.clone());
             move |screener| attack_loop(&screener, attack_rx, &limits, &metrics, &computing)
         })?;
-        Ok(Workers { screen, attack, computing, info, limits })
+        Ok(Workers { screen, attack, computing, held_images: Arc::new(AtomicUsize::new(0)), info, limits })
     }
 
     /// Waits (at most `timeout`) until no job is computing; says whether that happened. The
@@ -125,8 +140,19 @@ impl Workers {
 
     /// Screens `images` (`[N, 1, 28, 28]` float32, validated) on the screening worker.
     pub async fn screen(&self, images: Tensor, deadline: Option<Instant>) -> Result<Vec<Screened>, Status> {
+        // Requests are bounded by count (the queue) and, as they may hold 1 to 1,024 images
+        // each, by images: what a full queue costs in memory is bounded either way.
+        let n = images.size()[0] as usize;
+        let before = self.held_images.fetch_add(n, Ordering::SeqCst);
+        let held = HeldImages { count: self.held_images.clone(), images: n };
+        if before + n > self.limits.max_queued_images {
+            return Err(Status::resource_exhausted(format!(
+                "the screening queue holds {before} images; with these {n} it would pass its limit of {}; retry later",
+                self.limits.max_queued_images
+            )));
+        }
         let (reply, answer) = oneshot::channel();
-        let job = ScreenJob { images, enqueued: Instant::now(), deadline, reply };
+        let job = ScreenJob { images, _held: held, enqueued: Instant::now(), deadline, reply };
         enqueue(&self.screen, job, "screening")?;
         answer.await.map_err(|_| Status::internal("the screening worker stopped"))?
     }
