@@ -146,6 +146,12 @@ async fn hostile_images_and_fields_are_refused_and_the_server_stays_up() {
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("at most"), "{status:?}");
 
+    // 6. Oversized metadata (hyper would take 16 MiB of headers per call) is refused.
+    let mut request = tonic::Request::new(tensor_request(&images.narrow(0, 0, 1)));
+    request.metadata_mut().insert("x-junk", "j".repeat(200 * 1024).parse().unwrap());
+    let mut other = server.client().await;
+    assert!(other.screen(request).await.is_err(), "200 KB of metadata is refused");
+
     // Still serving, honest requests still answered, and memory bounded.
     assert_eq!(server.health().await, ServingStatus::Serving);
     assert_eq!(client.screen(tensor_request(&images)).await.unwrap().into_inner().results.len(), 8);

@@ -42,6 +42,14 @@ const FLUSH_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 /// within one iteration) before it exits.
 const WORKERS_STOP_TIME: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Calls one connection may run at once (each may hold a message of up to
+/// `max_message_bytes` while it decodes).
+const CALLS_PER_CONNECTION: usize = 32;
+/// Open HTTP/2 streams per connection; beyond it new streams are refused (REFUSED_STREAM).
+const STREAMS_PER_CONNECTION: u32 = 128;
+/// Request headers (gRPC metadata) per call; hyper's default is 16 MiB.
+const MAX_HEADER_BYTES: u32 = 64 * 1024;
+
 const SCREENING: &str = <ScreeningServer<ScreeningService> as NamedService>::NAME;
 
 /// Resolves on SIGINT or SIGTERM.
@@ -174,6 +182,11 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
         });
     }
     let server = tonic::transport::Server::builder()
+        // One connection runs at most this many calls at once; the others wait unread (HTTP/2
+        // flow control holds their bytes back), so its decode buffers stay bounded.
+        .concurrency_limit_per_connection(CALLS_PER_CONNECTION)
+        .max_concurrent_streams(STREAMS_PER_CONNECTION)
+        .http2_max_header_list_size(MAX_HEADER_BYTES)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
