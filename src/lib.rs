@@ -32,6 +32,7 @@ pub mod compact;
 pub mod data;
 pub mod detector;
 pub mod detector_fit;
+pub mod detector_twin;
 pub mod device;
 pub mod error;
 pub mod evaluation;

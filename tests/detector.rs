@@ -47,3 +47,41 @@ fn fit_detector_writes_a_detector_that_loads_and_beats_chance() {
     std::fs::write(&out, b"{ not json").unwrap();
     assert!(PathDetector::load(&out, checkpoint.model_hash()).unwrap_err().to_string().contains("not a valid detector file"));
 }
+
+/// The differentiable twin scores exactly what the shipped detector scores, on clean and on
+/// PGD images, and its gradient reaches the input through the gates.
+#[test]
+fn detector_twin_matches_the_shipped_detector_and_has_a_gradient() {
+    use pathguard::attack_set::{run_attack, AttackParams, GateGradient};
+    use pathguard::data::fashion_mnist::{self, default_dir, Split};
+    use pathguard::detector_twin::DetectorTwin;
+    use pathguard::model::GateMode;
+    use pathguard::screener::Screener;
+
+    let screener = Screener::load(&crate::default_model_dir(), Device::Cpu).unwrap();
+    let (model, detector) = (&screener.checkpoint.model, &screener.detector);
+    let test = fashion_mnist::load(&default_dir(), Split::Test).unwrap().take(96);
+    let indices = tch::Tensor::arange(96, (tch::Kind::Int64, Device::Cpu));
+    let params = AttackParams { steps: Some(10), random_start: true, ..AttackParams::new("pgd", 0.1) }.resolved();
+    let attacked = run_attack(model, Device::Cpu, &test, &indices, &params, GateGradient::Surrogate, 96, false).unwrap();
+    let twin = DetectorTwin::new(detector, Device::Cpu);
+    for (what, images) in [("clean", &test.images), ("pgd", &attacked.adversarial)] {
+        let real = tch::no_grad(|| detector.score(&model.forward_with_path(images, GateMode::Eval))).unwrap();
+        let ours = tch::no_grad(|| twin.scores(&model.forward_with_path(images, GateMode::EvalSurrogate)));
+        let ours = Vec::<f64>::try_from(ours).unwrap();
+        let worst = real.iter().zip(&ours).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(worst < 1e-4, "{what}: twin and detector differ by up to {worst}");
+    }
+    // The scores differ between clean and attacked images (the parity is not trivially 0 = 0).
+    let flagged = |images: &tch::Tensor| {
+        let scores = tch::no_grad(|| detector.score(&model.forward_with_path(images, GateMode::Eval))).unwrap();
+        scores.iter().filter(|&&s| s >= detector.threshold()).count()
+    };
+    assert!(flagged(&attacked.adversarial) > flagged(&test.images) + 20);
+    // A gradient of the score with respect to the input, finite and not zero.
+    let x = attacked.adversarial.narrow(0, 0, 8).detach().set_requires_grad(true);
+    let score = twin.scores(&model.forward_with_path(&x, GateMode::EvalSurrogate)).sum(tch::Kind::Double);
+    let grad = tch::Tensor::run_backward(&[score], &[&x], false, false).pop().unwrap();
+    let norm = grad.abs().sum(tch::Kind::Double).double_value(&[]);
+    assert!(norm.is_finite() && norm > 0.0, "gradient L1 norm {norm}");
+}

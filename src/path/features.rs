@@ -125,6 +125,14 @@ impl FeatureSpec {
 
 /// Path statistics `[N, 6L + 3]` (f64, ndarray) of an eval-mode forward pass, against `templates`.
 pub fn path_features(out: &ForwardOutput, templates: &PathTemplates) -> Array2<f64> {
+    to_ndarray(&path_feature_tensor(out, templates))
+}
+
+/// The same as a float32 tensor, differentiable where `out` is: with surrogate gates
+/// ([`crate::model::GateMode::EvalSurrogate`]) the values are exactly those of the hard path
+/// and gradients flow through the gates, which is what a detector-aware attack needs. The
+/// predicted class (which template, which MI probability) carries no gradient.
+pub fn path_feature_tensor(out: &ForwardOutput, templates: &PathTemplates) -> Tensor {
     let device = out.logits.device();
     let probs = out.logits.softmax(1, Kind::Float);
     let predicted = out.logits.argmax(1, false);
@@ -137,7 +145,10 @@ pub fn path_features(out: &ForwardOutput, templates: &PathTemplates) -> Array2<f
         let mean = |x: Tensor| x.mean_dim([1i64].as_slice(), false, Kind::Float);
         let sum = |x: &Tensor| x.sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
         blocks[0].push(mean(z.shallow_clone()));
-        blocks[1].push(mean((&z - &binary).abs()));
+        // Hamming distance as z(1 - b) + (1 - z)b: equal to |z - b| on 0/1 gates, and with a
+        // gradient of 1 - 2b where |.| has none (at z = b), as the expected Hamming distance of
+        // soft gates has.
+        blocks[1].push(mean(&z * (binary.neg() + 1.0) + (z.neg() + 1.0) * &binary));
         let intersection = sum(&(&z * &binary));
         let union = sum(&(&z + &binary - &z * &binary));
         blocks[2].push((intersection / union.clamp_min(1.0)).neg() + 1.0);
@@ -153,7 +164,7 @@ pub fn path_features(out: &ForwardOutput, templates: &PathTemplates) -> Array2<f
     columns.push(top2.select(1, 0) - top2.select(1, top2.size()[1] - 1));
     let log_probs = out.logits.log_softmax(1, Kind::Float);
     columns.push((&probs * &log_probs).sum_dim_intlist([1i64].as_slice(), false, Kind::Float).neg());
-    to_ndarray(&Tensor::stack(&columns, 1))
+    Tensor::stack(&columns, 1)
 }
 
 /// A 2-D tensor as an f64 ndarray (on the CPU).
