@@ -36,6 +36,7 @@ pub mod detector_twin;
 pub mod device;
 pub mod error;
 pub mod evaluation;
+pub mod guarded_model;
 pub mod model;
 pub mod path;
 pub mod preview;

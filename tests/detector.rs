@@ -85,3 +85,46 @@ fn detector_twin_matches_the_shipped_detector_and_has_a_gradient() {
     let norm = grad.abs().sum(tch::Kind::Double).double_value(&[]);
     assert!(norm.is_finite() && norm > 0.0, "gradient L1 norm {norm}");
 }
+
+/// Attacks that know the detector evade it far more often than PGD that ignores it, and every
+/// success they report holds on the real detector with hard gates.
+#[test]
+fn detector_aware_attacks_evade_more_than_oblivious_pgd() {
+    use attacks::{AdaptiveKind, AdaptivePgd};
+    use pathguard::attack_set::{run_attack, AttackParams, GateGradient};
+    use pathguard::data::fashion_mnist::{self, default_dir, Split};
+    use pathguard::guarded_model::GuardedModel;
+    use pathguard::model::GateMode;
+    use pathguard::screener::Screener;
+
+    let screener = Screener::load(&crate::default_model_dir(), Device::Cpu).unwrap();
+    let (model, detector) = (&screener.checkpoint.model, &screener.detector);
+    let n = 64;
+    let test = fashion_mnist::load(&default_dir(), Split::Test).unwrap().take(n);
+    let (eps, steps) = (0.1, 40);
+    // Evaded: misclassified and not flagged, on the real detector with hard gates.
+    let evaded = |adversarial: &tch::Tensor| -> usize {
+        let out = tch::no_grad(|| model.forward_with_path(adversarial, GateMode::Eval));
+        let scores = detector.score(&out).unwrap();
+        let wrong = Vec::<bool>::try_from(out.logits.argmax(1, false).ne_tensor(&test.labels)).unwrap();
+        let linf = Vec::<f32>::try_from(attacks::linf_norms(&(adversarial - &test.images))).unwrap();
+        assert!(linf.iter().all(|&d| d <= eps as f32 + 1e-5), "within the budget");
+        wrong.iter().zip(scores.iter()).filter(|(&w, &s)| w && s < detector.threshold()).count()
+    };
+    let indices = tch::Tensor::arange(n as i64, (tch::Kind::Int64, Device::Cpu));
+    let params = AttackParams { steps: Some(steps), random_start: true, ..AttackParams::new("pgd", eps) }.resolved();
+    let oblivious = run_attack(model, Device::Cpu, &test, &indices, &params, GateGradient::Surrogate, n, false).unwrap();
+    let oblivious = evaded(&oblivious.adversarial);
+    let guarded = GuardedModel::new(model, detector, Device::Cpu);
+    let mut report = vec![format!("oblivious pgd: {oblivious}/{n}")];
+    let mut best = 0;
+    for kind in [AdaptiveKind::Selective, AdaptiveKind::Orthogonal, AdaptiveKind::Lagrangian { lambda: 1.0 }] {
+        let attack = AdaptivePgd::new(kind, eps, steps as usize, eps / 10.0, true, 0).unwrap();
+        let adversarial = attack.perturb(&guarded, &test.images, &test.labels).unwrap();
+        let e = evaded(&adversarial);
+        report.push(format!("{}: {e}/{n}", attack.name()));
+        best = best.max(e);
+    }
+    eprintln!("evasion at eps {eps}, {steps} steps: {}", report.join(", "));
+    assert!(best > oblivious + n / 8, "{}", report.join(", "));
+}

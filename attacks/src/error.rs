@@ -17,6 +17,8 @@ pub enum AttackError {
     LearningRate(f64),
     #[error("overshoot must be a finite number >= 0, got {0}")]
     Overshoot(f64),
+    #[error("lambda (the detector's weight) must be a finite number > 0, got {0}")]
+    Lambda(f64),
     #[error("{0} does not support targeted attacks")]
     TargetedUnsupported(&'static str),
     #[error("invalid input: {0}")]

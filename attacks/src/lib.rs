@@ -8,6 +8,7 @@
 //!
 //! This crate depends on tch only; it knows nothing of the server or the detectors.
 
+mod adaptive;
 mod classifier;
 mod cw;
 mod deepfool;
@@ -16,6 +17,7 @@ mod fgsm;
 mod iterative;
 mod norms;
 
+pub use adaptive::{AdaptiveKind, AdaptivePgd, GuardedClassifier};
 pub use classifier::DifferentiableClassifier;
 pub use cw::CarliniWagnerL2;
 pub use deepfool::DeepFool;
