@@ -132,6 +132,22 @@ impl ScreeningService {
         })
     }
 
+    /// A new unary call: admitted unless the server is shutting down, then [`Self::observed`];
+    /// a refusal is counted like every other outcome.
+    pub async fn call<T>(
+        &self,
+        rpc: &'static str,
+        deadline: Option<Instant>,
+        work: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let admitted = self.drain.admit();
+        self.observed(rpc, deadline, async move {
+            let _call = admitted?;
+            work.await
+        })
+        .await
+    }
+
     /// Runs `work`, recording the RPC's code and latency and logging it in the request's span.
     /// Every outcome is counted: a panic becomes INTERNAL, the end of the shutdown grace
     /// period UNAVAILABLE, and a call dropped before it finished (the client cancelled it, or
@@ -259,8 +275,7 @@ type ScreenStreamOut = Pin<Box<dyn Stream<Item = Result<ScreenResponse, Status>>
 impl Screening for ScreeningService {
     async fn screen(&self, request: Request<ScreenRequest>) -> Result<Response<ScreenResponse>, Status> {
         let deadline = deadline_of(request.metadata());
-        let _call = self.drain.admit()?;
-        let response = self.observed("Screen", deadline, self.screen_request(request.into_inner(), deadline)).await?;
+        let response = self.call("Screen", deadline, self.screen_request(request.into_inner(), deadline)).await?;
         Ok(Response::new(response))
     }
 
@@ -271,7 +286,7 @@ impl Screening for ScreeningService {
         request: Request<Streaming<ScreenRequest>>,
     ) -> Result<Response<Self::ScreenStreamStream>, Status> {
         let deadline = deadline_of(request.metadata());
-        let call = self.drain.admit()?;
+        let call = self.drain.admit().inspect_err(|s| self.metrics.record("ScreenStream", s.code(), Default::default()))?;
         let mut incoming = request.into_inner();
         let service = self.clone();
         // One message at a time, in order: the next request is read only after the previous
@@ -304,9 +319,7 @@ impl Screening for ScreeningService {
 
     async fn generate_attack(&self, request: Request<AttackRequest>) -> Result<Response<AttackResponse>, Status> {
         let deadline = deadline_of(request.metadata());
-        let _call = self.drain.admit()?;
-        let response =
-            self.observed("GenerateAttack", deadline, self.attack_request(request.into_inner(), deadline)).await?;
+        let response = self.call("GenerateAttack", deadline, self.attack_request(request.into_inner(), deadline)).await?;
         Ok(Response::new(response))
     }
 
@@ -376,6 +389,11 @@ mod tests {
         assert!(long.await.unwrap_err().message().len() < 2 * bounded::MAX_MESSAGE_BYTES);
         service.observed("Screen", None, async { Ok(()) }).await.unwrap();
         assert_eq!(count(&metrics, "Screen", "OK"), 1);
+        // Once a shutdown begins, new calls are refused, and the refusal is counted.
+        service.drain.begin();
+        let status = service.call("Screen", None, async { Ok(()) }).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(count(&metrics, "Screen", "UNAVAILABLE"), 1);
         // At the end of the shutdown grace period, calls still running answer UNAVAILABLE.
         service.drain.abort();
         let status = service.observed("Screen", None, std::future::pending::<Result<(), Status>>()).await.unwrap_err();

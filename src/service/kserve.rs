@@ -212,8 +212,7 @@ impl GrpcInferenceService for InferenceService {
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
         let deadline = deadline_of(request.metadata());
-        let _call = self.screening.drain.admit()?;
-        let response = self.screening.observed("ModelInfer", deadline, self.infer(request.into_inner(), deadline)).await?;
+        let response = self.screening.call("ModelInfer", deadline, self.infer(request.into_inner(), deadline)).await?;
         Ok(Response::new(response))
     }
 }
