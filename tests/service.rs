@@ -420,24 +420,30 @@ async fn reflection_services(server: &Server) -> Vec<String> {
     }
 }
 
+/// `clients` clients, each on its own connection, screening `images` at the same time: per
+/// client OK or the code and message of its error.
+async fn concurrent_screens(server: &Server, images: &tch::Tensor, clients: usize) -> Vec<Result<(), (tonic::Code, String)>> {
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (url, request) = (server.url(), tensor_request(images));
+        tasks.push(tokio::spawn(async move {
+            let mut client = ScreeningClient::connect(url).await.unwrap().max_decoding_message_size(64 << 20);
+            client.screen(request).await.map(|_| ()).map_err(|s| (s.code(), s.message().to_string()))
+        }));
+    }
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    results
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_queue_answers_resource_exhausted() {
     let server = Server::start(&["--queue", "1", "--max-batch", "64", "--max-delay-ms", "0"]);
     server.wait_serving().await;
     let (images, _) = test_images(1024);
-    let mut tasks = Vec::new();
-    for _ in 0..24 {
-        let url = server.url();
-        let request = tensor_request(&images);
-        tasks.push(tokio::spawn(async move {
-            let mut client = ScreeningClient::connect(url).await.unwrap().max_decoding_message_size(64 << 20);
-            client.screen(request).await.map(|_| ()).map_err(|s| s.code())
-        }));
-    }
-    let mut codes = Vec::new();
-    for task in tasks {
-        codes.push(task.await.unwrap());
-    }
+    let codes: Vec<_> = concurrent_screens(&server, &images, 24).await.into_iter().map(|r| r.map_err(|(code, _)| code)).collect();
     let exhausted = codes.iter().filter(|c| **c == Err(tonic::Code::ResourceExhausted)).count();
     let ok = codes.iter().filter(|c| c.is_ok()).count();
     assert!(exhausted >= 1, "{codes:?}");
@@ -454,19 +460,7 @@ async fn the_queue_is_bounded_by_images_too() {
     let server = Server::start(&["--max-queued-images", "1024", "--max-batch", "64", "--max-delay-ms", "0"]);
     server.wait_serving().await;
     let (images, _) = test_images(1024);
-    let mut tasks = Vec::new();
-    for _ in 0..6 {
-        let url = server.url();
-        let request = tensor_request(&images);
-        tasks.push(tokio::spawn(async move {
-            let mut client = ScreeningClient::connect(url).await.unwrap().max_decoding_message_size(64 << 20);
-            client.screen(request).await.map(|_| ()).map_err(|s| (s.code(), s.message().to_string()))
-        }));
-    }
-    let mut codes = Vec::new();
-    for task in tasks {
-        codes.push(task.await.unwrap());
-    }
+    let codes = concurrent_screens(&server, &images, 6).await;
     let refused: Vec<_> = codes.iter().filter_map(|c| c.as_ref().err()).collect();
     assert!(!refused.is_empty() && codes.iter().any(|c| c.is_ok()), "{codes:?}");
     for (code, message) in refused {
