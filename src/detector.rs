@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::model::ForwardOutput;
+use crate::path::features::to_ndarray;
 use crate::path::{FeatureSpec, PathTemplates};
 use crate::representations::Representations;
 
@@ -95,13 +96,13 @@ impl PathDetector {
     /// The scores and the path statistics (see [`crate::path::features`]) of a forward pass,
     /// the statistics computed once for the experts and the caller's path summaries.
     pub fn score_with_statistics(&self, out: &ForwardOutput) -> Result<(Array1<f64>, Array2<f64>)> {
-        let statistics = crate::path::path_features(out, &self.templates);
+        let statistics = crate::path::features::path_feature_tensor(out, &self.templates);
         let scores = self
             .experts
             .iter()
-            .map(|e| e.score_rows(&e.features.rows_with(&statistics, out)))
+            .map(|e| e.score_rows(&to_ndarray(&e.features.tensor_rows(Some(&statistics), out))))
             .collect::<Result<Vec<_>>>()?;
-        Ok((noisy_or(&scores), statistics))
+        Ok((noisy_or(&scores), to_ndarray(&statistics)))
     }
 
     /// Per-expert scores of precomputed representations (computed with these templates).

@@ -52,21 +52,11 @@ impl DetectorTwin {
     /// Each expert's logit `[N]` (float64, before its sigmoid) for a forward pass with path
     /// and heads (`forward_with_path`).
     pub fn expert_logits(&self, out: &ForwardOutput) -> Vec<Tensor> {
-        let statistics = path_feature_tensor(out, &self.templates).to_kind(Kind::Double);
+        let statistics = path_feature_tensor(out, &self.templates);
         self.experts
             .iter()
             .map(|e| {
-                let mut blocks = Vec::new();
-                if !e.spec.names.is_empty() {
-                    blocks.push(statistics.shallow_clone());
-                }
-                if e.spec.path_bits > 0 {
-                    blocks.push(out.path().to_kind(Kind::Double));
-                }
-                if e.spec.gate_logits > 0 {
-                    blocks.push(Tensor::cat(&out.gate_logits, 1).to_kind(Kind::Double));
-                }
-                let rows = Tensor::cat(&blocks, 1);
+                let rows = e.spec.tensor_rows(Some(&statistics), out).to_kind(Kind::Double);
                 ((rows - &e.mean) / &e.scale).matmul(&e.weights) + e.intercept
             })
             .collect()

@@ -97,29 +97,25 @@ impl FeatureSpec {
 
     /// Feature rows of an eval-mode forward pass.
     pub fn rows(&self, out: &ForwardOutput, templates: &PathTemplates) -> Array2<f64> {
-        let statistics = (!self.names.is_empty()).then(|| path_features(out, templates));
-        self.assemble(statistics.as_ref(), out)
+        let statistics = (!self.names.is_empty()).then(|| path_feature_tensor(out, templates));
+        to_ndarray(&self.tensor_rows(statistics.as_ref(), out))
     }
 
-    /// The same, with the path statistics of `out` already computed (so that several specs
-    /// and the caller can share them).
-    pub fn rows_with(&self, statistics: &Array2<f64>, out: &ForwardOutput) -> Array2<f64> {
-        self.assemble(Some(statistics), out)
-    }
-
-    fn assemble(&self, statistics: Option<&Array2<f64>>, out: &ForwardOutput) -> Array2<f64> {
+    /// The rows as a float32 tensor, from the path statistics of `out` computed once by
+    /// [`path_feature_tensor`] (needed only when the spec has named columns), so that several
+    /// specs share them; differentiable where `out` is (the detector's twin uses it).
+    pub fn tensor_rows(&self, statistics: Option<&Tensor>, out: &ForwardOutput) -> Tensor {
         let mut blocks = Vec::new();
-        if let (false, Some(statistics)) = (self.names.is_empty(), statistics) {
-            blocks.push(statistics.clone());
+        if !self.names.is_empty() {
+            blocks.push(statistics.expect("path statistics for a spec with named columns").shallow_clone());
         }
         if self.path_bits > 0 {
-            blocks.push(to_ndarray(&out.path()));
+            blocks.push(out.path().to_kind(Kind::Float));
         }
         if self.gate_logits > 0 {
-            blocks.push(to_ndarray(&Tensor::cat(&out.gate_logits, 1)));
+            blocks.push(Tensor::cat(&out.gate_logits, 1).to_kind(Kind::Float));
         }
-        let views: Vec<_> = blocks.iter().map(|b| b.view()).collect();
-        ndarray::concatenate(ndarray::Axis(1), &views).expect("rows of one forward pass")
+        Tensor::cat(&blocks, 1)
     }
 }
 
