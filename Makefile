@@ -31,7 +31,7 @@ STAGE4_ARGS := --epochs 1 --hard-gate-epochs 1 --lr 1.5e-4 --lambda-sparsity 2e-
 # 3,000 training images (20% held out for the threshold); about 15 minutes on 2 cores.
 DETECTOR_ARGS := --limit 3000 --eps 0.05,0.1,0.2 --methods fgsm,pgd,pgd-early-stop --seed 0
 
-.PHONY: help setup data torch fonts build bench test serve eval default-model detector evaluate soak clean-venv
+.PHONY: help setup data torch fonts build bench test serve eval default-model detector evaluate adaptive-report soak clean-venv
 
 help:
 	@echo "make serve          set up, build, and start pathguard on models/default"
@@ -39,6 +39,7 @@ help:
 	@echo "make default-model  retrain models/default and its detector from scratch (about 75 min on 2 cores)"
 	@echo "make detector       refit models/default/detector.json (about 15 min on 2 cores)"
 	@echo "make evaluate       the detection report of README (about 30 min on 2 cores)"
+	@echo "make adaptive-report  detector-aware attacks against models/default (about 50 min on 2 cores)"
 	@echo "make bench          throughput of the shipped model and of attacks"
 	@echo "make soak           10 minutes of honest and hostile clients against one server (reports/soak)"
 
@@ -114,6 +115,11 @@ detector: build
 # The README's detection table (report.md, report.json, roc.png in reports/evaluate).
 evaluate: build
 	$(BIN) evaluate --model models/default --out reports/evaluate
+
+# The adaptive-attack table of README (reports/adaptive): 500 test images, 200 steps per
+# attack; `pathguard adaptive-report --help` for the full 1,000-step protocol.
+adaptive-report: build
+	$(BIN) adaptive-report --model models/default --limit 500 --steps 200 --restarts 1 --out reports/adaptive
 
 # The hostile-input soak of BENCHMARKS.md (about 12 minutes; SOAK_S=seconds to change).
 soak: build

@@ -44,6 +44,10 @@ enum Command {
     /// LID, raw activations) on seen and unseen attacks; writes report.md, report.json and
     /// roc.png to --out.
     Evaluate(EvaluateArgs),
+    /// Attack the model and its detector with attacks that know the detector (selective,
+    /// orthogonal, Lagrangian, extra-class and path-matching PGD, best of all per image);
+    /// writes report.md, report.json and sr_vs_eps.png to --out.
+    AdaptiveReport(commands::adaptive::AdaptiveReportArgs),
     /// Serve pathguard.v1.Screening over gRPC (with health, reflection and Prometheus metrics).
     Serve(commands::service::ServeArgs),
     /// Screen PNG files, directories and NPY arrays through a server (--server) or in process;
@@ -332,6 +336,7 @@ fn main() -> std::process::ExitCode {
         Command::Attack(args) => run_attack_command(args),
         Command::FitDetector(args) => run_fit_detector(args),
         Command::Evaluate(args) => run_evaluate(args),
+        Command::AdaptiveReport(args) => commands::adaptive::run_adaptive_report(args),
         Command::Recalibrate(args) => run_recalibrate(args),
         Command::Serve(args) => commands::service::run_serve(args),
         Command::LoadTest(args) => commands::load_test::run_load_test(args),

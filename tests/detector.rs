@@ -120,7 +120,7 @@ fn detector_aware_attacks_evade_more_than_oblivious_pgd() {
     let mut best = 0;
     for kind in [AdaptiveKind::Selective, AdaptiveKind::Orthogonal, AdaptiveKind::Lagrangian { lambda: 1.0 }] {
         let attack = AdaptivePgd::new(kind, eps, steps as usize, eps / 10.0, true, 0).unwrap();
-        let adversarial = attack.perturb(&guarded, &test.images, &test.labels).unwrap();
+        let adversarial = attack.perturb(&guarded, &test.images, &test.labels, &attacks::Goal::Untargeted).unwrap();
         let e = evaded(&adversarial);
         report.push(format!("{}: {e}/{n}", attack.name()));
         best = best.max(e);

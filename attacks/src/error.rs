@@ -19,6 +19,10 @@ pub enum AttackError {
     Overshoot(f64),
     #[error("lambda (the detector's weight) must be a finite number > 0, got {0}")]
     Lambda(f64),
+    #[error("the path distance's weight must be a finite number > 0, got {0}")]
+    PathWeight(f64),
+    #[error("restarts must be >= 1, got {0}")]
+    Restarts(usize),
     #[error("{0} does not support targeted attacks")]
     TargetedUnsupported(&'static str),
     #[error("invalid input: {0}")]

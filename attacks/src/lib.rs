@@ -17,7 +17,7 @@ mod fgsm;
 mod iterative;
 mod norms;
 
-pub use adaptive::{AdaptiveKind, AdaptivePgd, GuardedClassifier};
+pub use adaptive::{AdaptiveKind, AdaptivePgd, Ball, GuardedClassifier, GuardedForward};
 pub use classifier::DifferentiableClassifier;
 pub use cw::CarliniWagnerL2;
 pub use deepfool::DeepFool;

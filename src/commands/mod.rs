@@ -1,6 +1,7 @@
 //! Subcommands of the `pathguard` binary that live outside main.rs (the binary's modules, not
 //! the library's).
 
+pub mod adaptive;
 pub mod bench;
 pub mod explain;
 pub mod load_test;

@@ -2,8 +2,10 @@
 //! training images and judged on the same attacked test images, including attacks none of
 //! them saw, plus a cross-attack matrix; see [`report`].
 
+pub mod adaptive;
 pub mod report;
 pub mod roc_plot;
+pub mod sr_plot;
 pub mod suite;
 
 use std::path::PathBuf;
