@@ -5,14 +5,16 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use attacks::{
-    l2_norms, linf_norms, Attack, CarliniWagnerL2, DeepFool, DifferentiableClassifier, Fgsm, Goal, Iterative,
-    IterativeKind,
+    l2_norms, linf_norms, AdaptiveKind, AdaptivePgd, Attack, Ball, CarliniWagnerL2, DeepFool, DifferentiableClassifier,
+    Fgsm, Goal, Iterative, IterativeKind,
 };
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::data::Dataset;
+use crate::detector::PathDetector;
 use crate::error::{Error, Result};
+use crate::guarded_model::GuardedModel;
 use crate::model::{DecoupledCnn, GateMode};
 use crate::progress;
 
@@ -65,7 +67,39 @@ impl DifferentiableClassifier for ModelClassifier<'_> {
 }
 
 /// Attack method names accepted on the command line and in manifests.
-pub const METHODS: [&str; 7] = ["fgsm", "bim", "pgd", "pgd-l2", "mifgsm", "cw", "deepfool"];
+pub const METHODS: [&str; 12] = [
+    "fgsm",
+    "bim",
+    "pgd",
+    "pgd-l2",
+    "mifgsm",
+    "cw",
+    "deepfool",
+    "selective-pgd",
+    "orthogonal-pgd",
+    "lagrangian-pgd",
+    "extra-class-pgd",
+    "path-matching-pgd",
+];
+
+/// The methods that attack the detector too ([`attacks::AdaptivePgd`]); they need one.
+pub const ADAPTIVE_METHODS: [&str; 5] =
+    ["selective-pgd", "orthogonal-pgd", "lagrangian-pgd", "extra-class-pgd", "path-matching-pgd"];
+
+/// A built attack: one that sees the classifier only, or one that sees the detector too.
+pub enum BuiltAttack {
+    Oblivious(Box<dyn Attack>),
+    Adaptive(AdaptivePgd),
+}
+
+impl BuiltAttack {
+    pub fn name(&self) -> &'static str {
+        match self {
+            BuiltAttack::Oblivious(a) => a.name(),
+            BuiltAttack::Adaptive(a) => a.name(),
+        }
+    }
+}
 
 /// An attack and all its parameters; unset ones take the method's default.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -93,6 +127,16 @@ pub struct AttackParams {
     /// adversarial examples).
     #[serde(default)]
     pub early_stop: bool,
+    /// Adaptive attacks: the weight of the detector's loss (lagrangian-pgd) or of the path
+    /// distance (path-matching-pgd), default 1.
+    #[serde(default)]
+    pub lambda: Option<f64>,
+    /// Adaptive attacks: runs from a random start, keeping per image the best (default 1).
+    #[serde(default)]
+    pub restarts: Option<usize>,
+    /// Adaptive attacks: the budget's norm, "linf" (default) or "l2".
+    #[serde(default)]
+    pub norm: Option<String>,
 }
 
 impl AttackParams {
@@ -113,12 +157,30 @@ impl AttackParams {
             search_steps: None,
             overshoot: None,
             early_stop: false,
+            lambda: None,
+            restarts: None,
+            norm: None,
         }
     }
 
     /// Fills in every default, so that a manifest records what really ran.
+    pub fn is_adaptive(&self) -> bool {
+        ADAPTIVE_METHODS.contains(&self.method.as_str())
+    }
+
     pub fn resolved(&self) -> Self {
         let mut p = self.clone();
+        if p.is_adaptive() {
+            // Step size eps/10 as in Bryniarski et al.; 100 steps walk the ball ten times.
+            p.steps.get_or_insert(100);
+            p.step_size.get_or_insert((p.eps / 10.0).max(1e-6));
+            p.restarts.get_or_insert(1);
+            p.norm.get_or_insert_with(|| "linf".into());
+            if matches!(p.method.as_str(), "lagrangian-pgd" | "path-matching-pgd") {
+                p.lambda.get_or_insert(1.0);
+            }
+            return p;
+        }
         let default_steps = match p.method.as_str() {
             "fgsm" => 1,
             "bim" | "mifgsm" => 10,
@@ -154,13 +216,19 @@ impl AttackParams {
 
     /// Builds the attack, validating every parameter. Defaults come from [`Self::resolved`]
     /// alone, so that what runs is exactly what a manifest records.
-    pub fn build(&self) -> Result<Box<dyn Attack>> {
+    pub fn build(&self) -> Result<BuiltAttack> {
         fn boxed<A: Attack + 'static>(
             attack: std::result::Result<A, attacks::AttackError>,
         ) -> std::result::Result<Box<dyn Attack>, attacks::AttackError> {
             attack.map(|a| Box::new(a) as Box<dyn Attack>)
         }
         let p = self.resolved();
+        if p.is_adaptive() {
+            return p.build_adaptive().map(BuiltAttack::Adaptive);
+        }
+        if p.lambda.is_some() || p.restarts.is_some() || p.norm.is_some() {
+            return Err(Error::Config(format!("lambda, restarts and norm apply to the adaptive attacks, not to {}", p.method)));
+        }
         if p.early_stop && !matches!(p.method.as_str(), "bim" | "pgd" | "pgd-l2" | "mifgsm") {
             return Err(Error::Config(format!(
                 "early stop applies to the iterative attacks bim, pgd, pgd-l2 and mifgsm, not to {}",
@@ -194,7 +262,32 @@ impl AttackParams {
                 )))
             }
         };
-        attack.map_err(|e| Error::Config(format!("{} parameters: {e}", p.method)))
+        attack.map(BuiltAttack::Oblivious).map_err(|e| Error::Config(format!("{} parameters: {e}", p.method)))
+    }
+
+    /// The adaptive attack of resolved parameters.
+    fn build_adaptive(&self) -> Result<AdaptivePgd> {
+        let resolved = "resolved() sets every parameter of an adaptive method";
+        let lambda = self.lambda.unwrap_or(1.0);
+        let kind = match self.method.as_str() {
+            "selective-pgd" => AdaptiveKind::Selective,
+            "orthogonal-pgd" => AdaptiveKind::Orthogonal,
+            "lagrangian-pgd" => AdaptiveKind::Lagrangian { lambda },
+            "extra-class-pgd" => AdaptiveKind::ExtraClass,
+            _ => AdaptiveKind::PathMatching { weight: lambda },
+        };
+        let ball = match self.norm.as_deref().expect(resolved) {
+            "linf" => Ball::Linf,
+            "l2" => Ball::L2,
+            other => return Err(Error::Config(format!("norm {other:?} is not linf or l2"))),
+        };
+        let config = |e: attacks::AttackError| Error::Config(format!("{} parameters: {e}", self.method));
+        Ok(AdaptivePgd::new(kind, self.eps, self.steps.expect(resolved), self.step_size.expect(resolved), self.random_start, self.seed)
+            .map_err(config)?
+            .with_ball(ball)
+            .with_restarts(self.restarts.expect(resolved))
+            .map_err(config)?
+            .with_early_stop(self.early_stop))
     }
 }
 
@@ -207,6 +300,8 @@ pub struct AttackOutcome {
     pub clean_predictions: Tensor,
     pub predictions: Tensor,
     pub stats: AttackStats,
+    /// The detector's verdicts, when the attack ran with one.
+    pub detector: Option<DetectorVerdicts>,
 }
 
 /// Summary figures of an attack run.
@@ -242,14 +337,17 @@ pub fn run_attack(
     batch_size: usize,
     show_progress: bool,
 ) -> Result<AttackOutcome> {
-    run_attack_until(model, device, data, indices, params, gates, batch_size, show_progress, &|| false)
+    run_attack_until(model, None, device, data, indices, params, gates, batch_size, show_progress, &|| false)
 }
 
-/// [`run_attack`] that stops with [`Error::Cancelled`] within one iteration of `cancelled`
-/// turning true (the service's caller went away or its deadline passed).
+/// [`run_attack`] against a model guarded by `detector` (which the adaptive methods need and
+/// attack; with any method the outcome then records the detector's verdicts), stopping with
+/// [`Error::Cancelled`] within one iteration of `cancelled` turning true (the service's caller
+/// went away or its deadline passed).
 #[allow(clippy::too_many_arguments)]
 pub fn run_attack_until(
     model: &DecoupledCnn,
+    detector: Option<&PathDetector>,
     device: Device,
     data: &Dataset,
     indices: &Tensor,
@@ -269,6 +367,20 @@ pub fn run_attack_until(
     if data.is_empty() {
         return Err(Error::Config("no images to attack".into()));
     }
+    let guarded = match (&attack, detector) {
+        (BuiltAttack::Adaptive(_), None) => {
+            return Err(Error::Config(format!("{} attacks the detector too: it needs one", attack.name())))
+        }
+        (BuiltAttack::Adaptive(a), Some(detector)) => {
+            let guarded = GuardedModel::new(model, detector, device).with_cancel(cancelled);
+            Some(if a.name() == "path-matching-pgd" {
+                guarded.with_reference_paths(&data.images.to_device(device), &data.labels.to_device(device))?
+            } else {
+                guarded
+            })
+        }
+        _ => None,
+    };
     let classifier = ModelClassifier { model, gates, cancelled };
     let n = data.len() as i64;
     let batch = batch_size.max(1) as i64;
@@ -278,7 +390,7 @@ pub fn run_attack_until(
     }
     let started = Instant::now();
     let mut attack_seconds = 0.0;
-    let (mut adversarial, mut clean_predictions, mut predictions) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut adversarial, mut clean_predictions, mut predictions, mut scores) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for start in (0..n).step_by(batch as usize) {
         let len = batch.min(n - start);
         let x = data.images.narrow(0, start, len).to_device(device);
@@ -288,15 +400,23 @@ pub fn run_attack_until(
             None => Goal::Untargeted,
         };
         let attack_started = Instant::now();
-        let adv = attack.perturb(&classifier, &x, &y, &goal).map_err(|e| match e {
+        let adv = match (&attack, &guarded) {
+            (BuiltAttack::Adaptive(a), Some(g)) => a.perturb(g, &x, &y, &goal),
+            (BuiltAttack::Oblivious(a), _) => a.perturb(&classifier, &x, &y, &goal),
+            (BuiltAttack::Adaptive(_), None) => unreachable!("checked above"),
+        }
+        .map_err(|e| match e {
             attacks::AttackError::Cancelled => Error::Cancelled,
             e => Error::Config(format!("{}: {e}", attack.name())),
         })?;
         attack_seconds += attack_started.elapsed().as_secs_f64();
         let (clean_logits, _) = model.predict(&x)?;
-        let (adv_logits, _) = model.predict(&adv)?;
+        let out = tch::no_grad(|| model.forward_with_path(&adv, GateMode::Eval));
+        if let Some(detector) = detector {
+            scores.extend(detector.score(&out)?.iter().copied());
+        }
         clean_predictions.push(clean_logits.argmax(1, false).to_device(Device::Cpu));
-        predictions.push(adv_logits.argmax(1, false).to_device(Device::Cpu));
+        predictions.push(out.logits.argmax(1, false).to_device(Device::Cpu));
         adversarial.push(adv.to_device(Device::Cpu));
         bar.inc(len as u64);
     }
@@ -320,6 +440,16 @@ pub fn run_attack_until(
     };
     let delta = &adversarial - &data.images;
     let (linf, l2) = (linf_norms(&delta), l2_norms(&delta));
+    let verdicts = detector.map(|d| {
+        let flagged = Tensor::from_slice(&scores).ge(d.threshold());
+        DetectorVerdicts {
+            detector_sha256: d.sha256(),
+            threshold: d.threshold(),
+            flagged_rate: mean(&flagged),
+            evasion_rate: mean(&success.logical_and(&flagged.logical_not())),
+            scores: scores.clone(),
+        }
+    });
     let stats = AttackStats {
         images: n as usize,
         clean_accuracy: mean(&correct),
@@ -341,7 +471,22 @@ pub fn run_attack_until(
         clean_predictions,
         predictions,
         stats,
+        detector: verdicts,
     })
+}
+
+/// What the detector said of an attack's images, at its stored threshold.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DetectorVerdicts {
+    /// SHA-256 of the detector as saved (`detector.json`).
+    pub detector_sha256: String,
+    pub threshold: f64,
+    /// Adversarial images flagged.
+    pub flagged_rate: f64,
+    /// Attack succeeded and the image was not flagged: what got through the screen.
+    pub evasion_rate: f64,
+    /// Each adversarial image's score.
+    pub scores: Vec<f64>,
 }
 
 /// `manifest.json` of an attack set.
@@ -359,6 +504,9 @@ pub struct Manifest {
     pub split: String,
     pub offset: usize,
     pub stats: AttackStats,
+    /// The detector's verdicts on the adversarial images, when there was one.
+    #[serde(default)]
+    pub detector: Option<DetectorVerdicts>,
     pub class_names: Vec<String>,
     pub pixel_convention: String,
     pub files: Vec<String>,

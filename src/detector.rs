@@ -127,6 +127,13 @@ impl PathDetector {
         self.threshold
     }
 
+    /// SHA-256 of the detector as `save` writes it (the bytes of its `detector.json`).
+    pub fn sha256(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let json = serde_json::to_vec_pretty(self).expect("detector serialises");
+        Sha256::digest(&json).iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Writes `detector.json` atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
         let json = serde_json::to_vec_pretty(self).expect("detector serialises");

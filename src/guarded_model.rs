@@ -17,11 +17,18 @@ pub struct GuardedModel<'a> {
     /// Per class, the gate logits `[K, total_gates]` of one clean image of that class: the
     /// path a path-matching attack imitates.
     reference_paths: Option<Tensor>,
+    cancelled: &'a dyn Fn() -> bool,
 }
 
 impl<'a> GuardedModel<'a> {
     pub fn new(model: &'a DecoupledCnn, detector: &'a PathDetector, device: tch::Device) -> Self {
-        GuardedModel { model, detector, twin: DetectorTwin::new(detector, device), reference_paths: None }
+        GuardedModel { model, detector, twin: DetectorTwin::new(detector, device), reference_paths: None, cancelled: &|| false }
+    }
+
+    /// Tells attacks that their caller gave up once `cancelled` turns true.
+    pub fn with_cancel(mut self, cancelled: &'a dyn Fn() -> bool) -> Self {
+        self.cancelled = cancelled;
+        self
     }
 
     /// Takes as each class's reference path the gate logits of its clean image (among
@@ -81,5 +88,9 @@ impl GuardedClassifier for GuardedModel<'_> {
 
     fn num_classes(&self) -> i64 {
         self.model.config().num_classes
+    }
+
+    fn cancelled(&self) -> bool {
+        (self.cancelled)()
     }
 }

@@ -7,7 +7,7 @@ mod commands;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use pathguard::data::{fashion_mnist, Split};
-use pathguard::attack_set::{run_attack, write_attack_set, AttackParams, GateGradient, Manifest, ATTACK_SET_FILES};
+use pathguard::attack_set::{run_attack, run_attack_until, write_attack_set, AttackParams, GateGradient, Manifest, ATTACK_SET_FILES};
 use pathguard::detector::{PathDetector, DETECTOR_FILE};
 use pathguard::detector_fit::{fit_path_detector, FitOptions};
 use pathguard::device::{device_name, parse_device};
@@ -209,6 +209,20 @@ struct AttackArgs {
     /// low-confidence adversarial examples)
     #[arg(long)]
     early_stop: bool,
+    /// The detector the adaptive methods attack and whose verdicts the manifest records
+    /// [default: the model's detector.json, when it has one]
+    #[arg(long)]
+    detector: Option<PathBuf>,
+    /// lagrangian-pgd: weight of the detector's loss; path-matching-pgd: weight of the path
+    /// distance [default: 1]
+    #[arg(long)]
+    lambda: Option<f64>,
+    /// Adaptive methods: random restarts, keeping per image the best [default: 1]
+    #[arg(long)]
+    restarts: Option<usize>,
+    /// Adaptive methods: the budget's norm, linf or l2 [default: linf]
+    #[arg(long)]
+    norm: Option<String>,
     /// train or test
     #[arg(long, default_value = "test")]
     split: String,
@@ -511,10 +525,22 @@ fn run_attack_command(args: AttackArgs) -> Result<()> {
         search_steps: args.search_steps,
         overshoot: args.overshoot,
         early_stop: args.early_stop,
+        lambda: args.lambda,
+        restarts: args.restarts,
+        norm: args.norm.clone(),
         ..AttackParams::new(&args.method, args.eps)
     };
     params.build()?; // validate before loading anything
     let checkpoint = Checkpoint::load(&args.model, device)?;
+    let shipped = args.model.join(DETECTOR_FILE);
+    let detector = match &args.detector {
+        Some(path) => Some(PathDetector::load(path, checkpoint.model_hash())?),
+        None if shipped.exists() => Some(PathDetector::load(&shipped, checkpoint.model_hash())?),
+        None if params.is_adaptive() => {
+            anyhow::bail!("{} attacks the detector too, and {} has none: give one with --detector", params.method, args.model.display())
+        }
+        None => None,
+    };
     let full = load_split(&args.data, split, None)?;
     if args.limit == 0 || args.offset >= full.len() {
         anyhow::bail!("--offset {} --limit {} selects no images of the {} split ({} images)", args.offset, args.limit, args.split, full.len());
@@ -525,7 +551,18 @@ fn run_attack_command(args: AttackArgs) -> Result<()> {
         labels: full.labels.narrow(0, args.offset as i64, len),
     };
     let indices = tch::Tensor::arange_start(args.offset as i64, args.offset as i64 + len, (tch::Kind::Int64, tch::Device::Cpu));
-    let outcome = run_attack(&checkpoint.model, device, &data, &indices, &params, args.gates, args.batch_size, true)?;
+    let outcome = run_attack_until(
+        &checkpoint.model,
+        detector.as_ref(),
+        device,
+        &data,
+        &indices,
+        &params,
+        args.gates,
+        args.batch_size,
+        true,
+        &|| false,
+    )?;
     let other_gate_gradient = if args.compare_gates {
         let other = match args.gates {
             GateGradient::Hard => GateGradient::Surrogate,
@@ -549,6 +586,7 @@ fn run_attack_command(args: AttackArgs) -> Result<()> {
         split: args.split.clone(),
         offset: args.offset,
         stats: s.clone(),
+        detector: outcome.detector.clone(),
         class_names: checkpoint.meta.class_names.clone(),
         pixel_convention: "float32 in [0, 1], NCHW [N, 1, 28, 28]".into(),
         files: ATTACK_SET_FILES.iter().map(|f| f.to_string()).collect(),
@@ -558,6 +596,12 @@ fn run_attack_command(args: AttackArgs) -> Result<()> {
         "{} on {} images: clean accuracy {:.4}, adversarial accuracy {:.4}, success {:.4} ({:.4} of correctly classified), Linf mean {:.4} max {:.4}, L2 mean {:.4}, {:.1} images/s",
         params.method, s.images, s.clean_accuracy, s.adversarial_accuracy, s.success_rate, s.success_rate_on_correct, s.mean_linf, s.max_linf, s.mean_l2, s.images_per_second
     );
+    if let Some(d) = &outcome.detector {
+        println!(
+            "detector (threshold {:.4}): {:.4} of the adversarial images flagged; evasion (success and not flagged) {:.4}",
+            d.threshold, d.flagged_rate, d.evasion_rate
+        );
+    }
     if let Some((mode, o)) = &other_gate_gradient {
         println!("with {mode:?} gate gradients: success {:.4} ({:.4} of correctly classified)", o.success_rate, o.success_rate_on_correct);
     }

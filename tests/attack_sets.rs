@@ -139,5 +139,40 @@ fn attack_command_refuses_bad_parameters_and_keeps_existing_output() {
     let run = attack_cli(&out, &["--method", "fgsm", "--offset", "20000", "--split", "test"]);
     assert!(!run.status.success());
     assert!(String::from_utf8_lossy(&run.stderr).contains("selects no images"));
+    let run = attack_cli(&out, &["--method", "pgd", "--lambda", "1"]);
+    assert!(String::from_utf8_lossy(&run.stderr).contains("apply to the adaptive attacks"), "{}", String::from_utf8_lossy(&run.stderr));
+    let run = attack_cli(&out, &["--method", "selective-pgd", "--norm", "l3"]);
+    assert!(String::from_utf8_lossy(&run.stderr).contains("norm \"l3\""), "{}", String::from_utf8_lossy(&run.stderr));
+    let run = attack_cli(&out, &["--method", "lagrangian-pgd", "--lambda", "-2"]);
+    assert!(String::from_utf8_lossy(&run.stderr).contains("lambda"), "{}", String::from_utf8_lossy(&run.stderr));
     assert_eq!(std::fs::read(out.join("manifest.json")).unwrap(), b"old");
+}
+
+/// `pathguard attack` with a detector-aware method: the manifest records the detector, its
+/// threshold, the evasion rate and per-image scores, and those scores are the real detector's.
+#[test]
+fn adaptive_attack_command_records_the_detectors_verdicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("adaptive-set");
+    let args = ["--method", "lagrangian-pgd", "--eps", "0.1", "--steps", "20", "--random-start", "--limit", "16"];
+    let run = attack_cli(&out, &args);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["parameters"]["lambda"], 1.0);
+    assert_eq!(manifest["parameters"]["norm"], "linf");
+    let detector = &manifest["detector"];
+    let screener = pathguard::screener::Screener::load(&crate::default_model_dir(), Device::Cpu).unwrap();
+    assert_eq!(detector["threshold"].as_f64().unwrap(), screener.detector.threshold());
+    assert_eq!(detector["detector_sha256"].as_str().unwrap().len(), 64);
+    let scores: Vec<f64> = detector["scores"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(scores.len(), 16);
+    let images = pathguard::attack_set::read_attack_images(&out).unwrap();
+    let rescored = screener.screen(&images).unwrap();
+    for (s, r) in scores.iter().zip(&rescored) {
+        assert!((s - r.score).abs() < 1e-5, "manifest score {s}, screened {}", r.score);
+    }
+    let evasion = detector["evasion_rate"].as_f64().unwrap();
+    assert!(evasion >= 0.5, "lagrangian PGD at eps 0.1 evaded on {evasion} of 16 images");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.contains("evasion (success and not flagged)"), "{stdout}");
 }

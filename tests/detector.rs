@@ -115,10 +115,17 @@ fn detector_aware_attacks_evade_more_than_oblivious_pgd() {
     let params = AttackParams { steps: Some(steps), random_start: true, ..AttackParams::new("pgd", eps) }.resolved();
     let oblivious = run_attack(model, Device::Cpu, &test, &indices, &params, GateGradient::Surrogate, n, false).unwrap();
     let oblivious = evaded(&oblivious.adversarial);
-    let guarded = GuardedModel::new(model, detector, Device::Cpu);
+    let references = fashion_mnist::load(&default_dir(), Split::Train).unwrap().take(500);
+    let guarded = GuardedModel::new(model, detector, Device::Cpu).with_reference_paths(&references.images, &references.labels).unwrap();
     let mut report = vec![format!("oblivious pgd: {oblivious}/{n}")];
     let mut best = 0;
-    for kind in [AdaptiveKind::Selective, AdaptiveKind::Orthogonal, AdaptiveKind::Lagrangian { lambda: 1.0 }] {
+    for kind in [
+        AdaptiveKind::Selective,
+        AdaptiveKind::Orthogonal,
+        AdaptiveKind::Lagrangian { lambda: 1.0 },
+        AdaptiveKind::ExtraClass,
+        AdaptiveKind::PathMatching { weight: 1.0 },
+    ] {
         let attack = AdaptivePgd::new(kind, eps, steps as usize, eps / 10.0, true, 0).unwrap();
         let adversarial = attack.perturb(&guarded, &test.images, &test.labels, &attacks::Goal::Untargeted).unwrap();
         let e = evaded(&adversarial);

@@ -239,6 +239,29 @@ async fn screening_round_trip_validation_concurrency_streaming_and_metrics() {
     let attack_flag_rate = attacked.results.iter().filter(|r| r.flagged).count() as f64 / 128.0;
     assert!(clean_flag_rate < 0.2, "clean flagged {clean_flag_rate}");
     assert!(attack_flag_rate > 0.8, "PGD flagged {attack_flag_rate}");
+    // GenerateAttack's verdicts are the screen's.
+    for (a, s) in attack.results.iter().zip(&attacked.results) {
+        assert!((a.adversarial_score - s.adversarial_score as f64).abs() < 1e-4, "{} vs {}", a.adversarial_score, s.adversarial_score);
+        assert_eq!(a.flagged, a.adversarial_score >= attack.threshold);
+        assert_eq!(a.evaded, a.success && !a.flagged);
+    }
+    // An attack that knows the detector gets through where PGD does not.
+    let adaptive = client
+        .generate_attack(AttackRequest {
+            images: Some(float32_images(&images.narrow(0, 0, 16))),
+            labels: labels[..16].to_vec(),
+            method: "selective-pgd".into(),
+            eps: 0.1,
+            steps: Some(20),
+            random_start: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let evaded = adaptive.results.iter().filter(|r| r.evaded).count();
+    let pgd_evaded = attack.results[..16].iter().filter(|r| r.evaded).count();
+    assert!(evaded >= 8 && evaded > pgd_evaded, "selective PGD evaded {evaded}/16, PGD {pgd_evaded}/16");
 
     // uint8 tensors and PNG files give the same answers as float32 for the same pixels.
     let uint8 = images.narrow(0, 0, 4).multiply_scalar(255.0).round().to_kind(tch::Kind::Uint8);

@@ -253,6 +253,7 @@ impl Evaluator<'_> {
             result.attack = format!("lagrangian-pgd λ={lambda}");
         }
         result.seconds = seconds;
+        eprintln!("{} eps {eps}: {} SR@5 {:.3} ({seconds:.0} s)", norm_name(ball), result.attack, result.sr_at_5);
         Ok((result, images, verdicts))
     }
 

@@ -119,6 +119,9 @@ impl ScreeningService {
                 success: result.success[i],
                 linf: result.linf[i],
                 l2: result.l2[i],
+                adversarial_score: result.scores[i],
+                flagged: result.scores[i] >= result.threshold,
+                evaded: result.success[i] && result.scores[i] < result.threshold,
             })
             .collect();
         Ok(AttackResponse {
@@ -129,6 +132,7 @@ impl ScreeningService {
             }),
             results,
             seconds: started.elapsed().as_secs_f64(),
+            threshold: result.threshold,
         })
     }
 
@@ -256,13 +260,17 @@ fn attack_params(r: &AttackRequest, classes: i64, max_steps: usize) -> Result<At
         search_steps: r.search_steps.map(|s| s as usize),
         overshoot: r.overshoot.map(f64::from),
         early_stop: r.early_stop,
+        lambda: r.lambda.map(f64::from),
+        restarts: r.restarts.map(|n| n as usize),
+        norm: (!r.norm.is_empty()).then(|| r.norm.clone()),
         ..AttackParams::new(&r.method, f64::from(r.eps))
     }
     .resolved();
-    let iterations = params.steps.unwrap_or(1) * params.search_steps.unwrap_or(1).max(1);
+    let iterations =
+        params.steps.unwrap_or(1) * params.search_steps.unwrap_or(1).max(1) * params.restarts.unwrap_or(1).max(1);
     if iterations > max_steps {
         return Err(Status::invalid_argument(format!(
-            "steps: {iterations} iterations (steps x search_steps); this server allows at most {max_steps}"
+            "steps: {iterations} iterations (steps x search_steps x restarts); this server allows at most {max_steps}"
         )));
     }
     params.build().map_err(|e| Status::invalid_argument(format!("attack parameters: {e}")))?;

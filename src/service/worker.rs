@@ -52,6 +52,9 @@ pub struct AttackResult {
     pub success: Vec<bool>,
     pub linf: Vec<f32>,
     pub l2: Vec<f32>,
+    /// The detector's score of each adversarial image, and its threshold.
+    pub scores: Vec<f64>,
+    pub threshold: f64,
     pub seconds: f64,
 }
 
@@ -337,6 +340,7 @@ fn run_attack_job(
     let indices = Tensor::arange(n, (Kind::Int64, Device::Cpu));
     let outcome = run_attack_until(
         model,
+        Some(&screener.detector),
         screener.device,
         &data,
         &indices,
@@ -360,6 +364,8 @@ fn run_attack_job(
         success: Vec::<bool>::try_from(success).unwrap_or_default(),
         linf: as_f32(attacks::linf_norms(&delta)),
         l2: as_f32(attacks::l2_norms(&delta)),
+        scores: outcome.detector.as_ref().map(|d| d.scores.clone()).unwrap_or_default(),
+        threshold: screener.detector.threshold(),
         seconds: outcome.stats.seconds,
         adversarial: outcome.adversarial,
     })
