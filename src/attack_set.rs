@@ -522,7 +522,14 @@ pub fn write_attack_set(out: &Path, outcome: &AttackOutcome, manifest: &Manifest
         write_npy_i64(&tmp.join("labels.npy"), &outcome.labels)?;
         write_npy_i64(&tmp.join("indices.npy"), &outcome.indices)?;
         write_npy_i64(&tmp.join("predictions.npy"), &outcome.predictions)?;
-        crate::preview::contact_sheet(&tmp.join("preview.png"), outcome, class_names, 8)?;
+        let columns = crate::preview::SheetColumns {
+            clean: &outcome.clean,
+            altered: &outcome.adversarial,
+            labels: &outcome.labels,
+            predictions: &outcome.predictions,
+            altered_title: "adversarial",
+        };
+        crate::preview::contact_sheet(&tmp.join("preview.png"), &columns, class_names, 8)?;
         let json = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
         crate::model::checkpoint::write_atomic(&tmp.join("manifest.json"), &json)
     })
@@ -532,14 +539,14 @@ pub fn write_attack_set(out: &Path, outcome: &AttackOutcome, manifest: &Manifest
 pub const ATTACK_SET_FILES: [&str; 7] =
     ["images.npy", "clean.npy", "labels.npy", "indices.npy", "predictions.npy", "preview.png", "manifest.json"];
 
-fn write_npy_f32(path: &Path, t: &Tensor) -> Result<()> {
+pub(crate) fn write_npy_f32(path: &Path, t: &Tensor) -> Result<()> {
     let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
     let values = Vec::<f32>::try_from(t.to_kind(Kind::Float).flatten(0, -1))?;
     let array = ndarray::ArrayD::from_shape_vec(shape, values).expect("shape matches");
     ndarray_npy::write_npy(path, &array).map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))
 }
 
-fn write_npy_i64(path: &Path, t: &Tensor) -> Result<()> {
+pub(crate) fn write_npy_i64(path: &Path, t: &Tensor) -> Result<()> {
     let values = Vec::<i64>::try_from(t.to_kind(Kind::Int64).flatten(0, -1))?;
     let array = ndarray::Array1::from_vec(values);
     ndarray_npy::write_npy(path, &array).map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))

@@ -29,6 +29,8 @@ pub mod atomic;
 pub mod attack_material;
 pub mod attack_set;
 pub mod compact;
+pub mod corruption_set;
+pub mod corruptions;
 pub mod data;
 pub mod detector;
 pub mod detector_fit;

@@ -48,6 +48,13 @@ enum Command {
     /// orthogonal, Lagrangian, extra-class and path-matching PGD, best of all per image);
     /// writes report.md, report.json and sr_vs_eps.png to --out.
     AdaptiveReport(commands::adaptive::AdaptiveReportArgs),
+    /// Apply one benign corruption (noise, blur, JPEG, brightness, contrast, shifts) to a
+    /// Fashion-MNIST slice and write it like an attack set, with the screener's verdicts.
+    Corrupt(commands::corrupt::CorruptArgs),
+    /// Every corruption at every severity against the model and its detector: accuracy, flag
+    /// rate, and whether attacks can be told from benign changes; report.md, report.json and
+    /// corruptions.png to --out.
+    CorruptionReport(commands::corrupt::CorruptionReportArgs),
     /// Serve pathguard.v1.Screening over gRPC (with health, reflection and Prometheus metrics).
     Serve(commands::service::ServeArgs),
     /// Screen PNG files, directories and NPY arrays through a server (--server) or in process;
@@ -351,6 +358,8 @@ fn main() -> std::process::ExitCode {
         Command::FitDetector(args) => run_fit_detector(args),
         Command::Evaluate(args) => run_evaluate(args),
         Command::AdaptiveReport(args) => commands::adaptive::run_adaptive_report(args),
+        Command::Corrupt(args) => commands::corrupt::run_corrupt(args),
+        Command::CorruptionReport(args) => commands::corrupt::run_corruption_report(args),
         Command::Recalibrate(args) => run_recalibrate(args),
         Command::Serve(args) => commands::service::run_serve(args),
         Command::LoadTest(args) => commands::load_test::run_load_test(args),

@@ -1,4 +1,4 @@
-//! Contact sheets of attack sets: clean | adversarial | amplified perturbation, with labels.
+//! Contact sheets of attack and corruption sets: clean | altered | amplified change, with labels.
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -7,8 +7,18 @@ use plotters::prelude::*;
 use plotters::style::FontStyle;
 use tch::{Kind, Tensor};
 
-use crate::attack_set::AttackOutcome;
 use crate::error::{Error, Result};
+
+/// What a contact sheet shows: clean images with their true labels, their altered versions
+/// (adversarial or corrupted) with the model's predictions.
+pub struct SheetColumns<'a> {
+    pub clean: &'a Tensor,
+    pub altered: &'a Tensor,
+    pub labels: &'a Tensor,
+    pub predictions: &'a Tensor,
+    /// Title of the altered row ("adversarial", "corrupted").
+    pub altered_title: &'a str,
+}
 
 /// Debian's fonts-dejavu-core (installed by `make`); without it the sheet has no captions.
 const FONT_PATH: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
@@ -30,10 +40,10 @@ const GAP: u32 = 10;
 const CAPTION: u32 = 18;
 const ROW_TITLE: u32 = 110;
 
-/// Writes a PNG with the first `max_images` images of `outcome` as columns and three rows:
-/// the clean image with its true label, the adversarial image with the model's prediction,
-/// and the perturbation amplified to the full grey range (mid-grey = unchanged).
-pub fn contact_sheet(path: &Path, outcome: &AttackOutcome, class_names: &[String], max_images: usize) -> Result<()> {
+/// Writes a PNG with the first `max_images` images as columns and three rows: the clean image
+/// with its true label, the altered image with the model's prediction, and the change
+/// amplified to the full grey range (mid-grey = unchanged).
+pub fn contact_sheet(path: &Path, outcome: &SheetColumns, class_names: &[String], max_images: usize) -> Result<()> {
     let n = (outcome.clean.size()[0] as usize).min(max_images).max(1);
     let width = ROW_TITLE + n as u32 * (CELL + GAP) + GAP;
     let height = 3 * (CELL + CAPTION + GAP) + GAP;
@@ -43,11 +53,11 @@ pub fn contact_sheet(path: &Path, outcome: &AttackOutcome, class_names: &[String
     let with_text = fonts_available();
     let font = ("sans-serif", 13).into_font().color(&BLACK);
     let name = |i: i64| class_names.get(i as usize).cloned().unwrap_or_else(|| i.to_string());
-    let delta = &outcome.adversarial - &outcome.clean;
+    let delta = outcome.altered - outcome.clean;
     let rows: [(&str, Tensor); 3] = [
         ("clean", outcome.clean.shallow_clone()),
-        ("adversarial", outcome.adversarial.shallow_clone()),
-        ("perturbation", amplify(&delta)),
+        (outcome.altered_title, outcome.altered.shallow_clone()),
+        ("change", amplify(&delta)),
     ];
     for (r, (title, images)) in rows.iter().enumerate() {
         let top = GAP + r as u32 * (CELL + CAPTION + GAP);

@@ -4,6 +4,7 @@ mod attack_sets;
 mod bench;
 mod checkpoint;
 mod cli;
+mod corruptions;
 mod data;
 mod detector;
 mod evaluation;

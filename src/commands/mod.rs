@@ -3,6 +3,7 @@
 
 pub mod adaptive;
 pub mod bench;
+pub mod corrupt;
 pub mod explain;
 pub mod load_test;
 pub mod paths;

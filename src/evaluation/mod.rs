@@ -3,6 +3,8 @@
 //! them saw, plus a cross-attack matrix; see [`report`].
 
 pub mod adaptive;
+pub mod corruption_sheet;
+pub mod corruptions;
 pub mod report;
 pub mod roc_plot;
 pub mod sr_plot;

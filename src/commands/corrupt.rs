@@ -1,0 +1,125 @@
+//! `pathguard corrupt` (a corruption set, like an attack set) and `pathguard
+//! corruption-report` (every corruption and severity against the model and its detector).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use pathguard::corruption_set::write_corruption_set;
+use pathguard::corruptions::{find, CORRUPTIONS};
+use pathguard::data::fashion_mnist::{self, Split};
+use pathguard::data::Dataset;
+use pathguard::device::parse_device;
+use pathguard::evaluation::corruptions::corruption_report;
+use pathguard::screener::Screener;
+
+#[derive(Args)]
+pub struct CorruptArgs {
+    /// gaussian-noise, shot-noise, impulse-noise, gaussian-blur, motion-blur, jpeg,
+    /// brightness, contrast, translate, rotate or scale
+    #[arg(long)]
+    corruption: String,
+    /// 1 (barely visible) up to the corruption's last severity (4 or 5)
+    #[arg(long, default_value_t = 1)]
+    severity: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: i64,
+    /// Checkpoint directory with its detector.json (whose verdicts the manifest records)
+    #[arg(long, default_value = "models/default")]
+    model: PathBuf,
+    /// Directory with the Fashion-MNIST IDX files [default: $PATHGUARD_DATA or /usr/share/datasets/fashion-mnist]
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// train or test
+    #[arg(long, default_value = "test")]
+    split: String,
+    #[arg(long, default_value_t = 0)]
+    offset: usize,
+    #[arg(long, default_value_t = 1000)]
+    limit: usize,
+    /// auto (GPU if CUDA works), cpu, cuda or cuda:N
+    #[arg(long, default_value = "auto")]
+    device: String,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// The images `--offset`, `--limit` select from a split, and their positions.
+fn slice(data: Option<&PathBuf>, split: &str, offset: usize, limit: usize) -> Result<(Dataset, tch::Tensor)> {
+    let which = match split {
+        "train" => Split::Train,
+        "test" => Split::Test,
+        other => anyhow::bail!("unknown split {other:?}; use train or test"),
+    };
+    let dir = data.cloned().unwrap_or_else(fashion_mnist::default_dir);
+    let full = fashion_mnist::load(&dir, which)?;
+    if limit == 0 || offset >= full.len() {
+        anyhow::bail!("--offset {offset} --limit {limit} selects no images of the {split} split ({} images)", full.len());
+    }
+    let len = limit.min(full.len() - offset) as i64;
+    let data = Dataset { images: full.images.narrow(0, offset as i64, len), labels: full.labels.narrow(0, offset as i64, len) };
+    let indices = tch::Tensor::arange_start(offset as i64, offset as i64 + len, (tch::Kind::Int64, tch::Device::Cpu));
+    Ok((data, indices))
+}
+
+pub fn run_corrupt(args: CorruptArgs) -> Result<()> {
+    let corruption = find(&args.corruption)?;
+    corruption.level(args.severity)?; // refuse before loading anything
+    let device = parse_device(&args.device)?;
+    let (data, indices) = slice(args.data.as_ref(), &args.split, args.offset, args.limit)?;
+    let screener = Screener::load(&args.model, device)?;
+    let m = write_corruption_set(
+        &args.out,
+        &screener,
+        &args.model,
+        corruption,
+        args.severity,
+        args.seed,
+        &data,
+        &indices,
+        &args.split,
+        args.offset,
+    )?;
+    println!(
+        "{} severity {} ({} {}) on {} images: accuracy {:.4} (clean {:.4}), flagged {:.4} (clean {:.4}), mean change {:.4}",
+        m.corruption, m.severity, m.level, m.unit, m.images, m.corrupted.accuracy, m.clean.accuracy, m.corrupted.flag_rate, m.clean.flag_rate, m.mean_change
+    );
+    println!("wrote {}", args.out.display());
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct CorruptionReportArgs {
+    /// Checkpoint directory with its detector.json
+    #[arg(long, default_value = "models/default")]
+    model: PathBuf,
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Test images (from --offset of the test split)
+    #[arg(long, default_value_t = 1000)]
+    limit: usize,
+    #[arg(long, default_value_t = 0)]
+    offset: usize,
+    /// C&W, the slow attack, runs on at most this many of them
+    #[arg(long, default_value_t = 200)]
+    slow_limit: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: i64,
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Report directory (report.md, report.json, corruptions.png)
+    #[arg(long, default_value = "reports/corruptions")]
+    out: PathBuf,
+}
+
+pub fn run_corruption_report(args: CorruptionReportArgs) -> Result<()> {
+    let device = parse_device(&args.device)?;
+    let (data, _) = slice(args.data.as_ref(), "test", args.offset, args.limit)?;
+    let screener = Screener::load(&args.model, device)?;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let report = corruption_report(&screener, &data, args.slow_limit, args.seed, command)?;
+    report.write(&args.out, &data.images.get(0))?;
+    print!("{}", report.to_markdown());
+    println!("wrote {} ({} corruptions)", args.out.display(), CORRUPTIONS.len());
+    Ok(())
+}
