@@ -114,6 +114,27 @@ impl Corruption {
     }
 }
 
+/// Every image under one mild corruption: image i gets corruption i mod 11 at severity 1 or 2
+/// (alternating per round of 11), so a batch holds every mild corruption in equal shares.
+/// What a detector that must not flag benign changes is fitted and calibrated on.
+pub fn mild_mix(images: &Tensor, seed: i64) -> Result<Tensor> {
+    let n = images.size()[0];
+    let mut out = images.shallow_clone();
+    let combos = (CORRUPTIONS.len() * 2) as i64;
+    for (k, corruption) in CORRUPTIONS.iter().enumerate() {
+        for severity in [1usize, 2] {
+            let combo = k as i64 + CORRUPTIONS.len() as i64 * (severity as i64 - 1);
+            let rows = Tensor::arange_start_step(combo, n, combos, (Kind::Int64, images.device()));
+            if rows.numel() == 0 {
+                continue;
+            }
+            let corrupted = corruption.apply(&images.index_select(0, &rows), severity, seed + combo)?;
+            out = out.index_copy(0, &rows, &corrupted);
+        }
+    }
+    Ok(out)
+}
+
 /// Convolves each channel with `vertical` (a column) and `horizontal` (a row), normalised,
 /// reflecting at the borders.
 fn separable_blur(x: &Tensor, vertical: &[f32], horizontal: &[f32]) -> Tensor {
@@ -214,6 +235,20 @@ mod tests {
                 }
             }
             assert!(best < 1e-5, "image {i}: no whole-pixel shift explains the output ({best})");
+        }
+    }
+
+    #[test]
+    fn the_mild_mix_uses_every_corruption_at_severity_one_and_two() {
+        tch::manual_seed(1);
+        let x = Tensor::rand([44, 1, 28, 28], (Kind::Float, Device::Cpu));
+        let y = mild_mix(&x, 0).unwrap();
+        for (k, c) in CORRUPTIONS.iter().enumerate() {
+            let expected = c.apply(&x.narrow(0, k as i64, 1), 1, k as i64).unwrap();
+            assert!(y.narrow(0, k as i64, 1).equal(&expected), "image {k}: {} severity 1", c.name);
+            let j = (k + CORRUPTIONS.len()) as i64;
+            let expected = c.apply(&x.narrow(0, j, 1), 2, j).unwrap();
+            assert!(y.narrow(0, j, 1).equal(&expected), "image {j}: {} severity 2", c.name);
         }
     }
 

@@ -35,6 +35,9 @@ pub struct DetectorRecord {
     pub attacks: Vec<String>,
     pub train_images: usize,
     pub clean_rows: usize,
+    /// Of the clean rows, those of mildly corrupted images (`fit-detector --benign-corruptions`).
+    #[serde(default)]
+    pub benign_corruption_rows: usize,
     pub adversarial_rows: usize,
     /// Clean validation rows used to set the threshold.
     pub validation_clean_rows: usize,

@@ -28,6 +28,33 @@ pub struct FitOptions {
     pub batch_size: usize,
     pub gates: GateGradient,
     pub show_progress: bool,
+    /// Count mildly corrupted images (every corruption at severity 1-2,
+    /// [`crate::corruptions::mild_mix`]) as clean, in fitting and in setting the threshold.
+    pub benign_corruptions: bool,
+    pub seed: i64,
+}
+
+/// The clean rows of `material` and, with `benign` on, those of the mildly corrupted versions of
+/// `data` that the model still classifies correctly.
+fn negatives(
+    material: &AttackMaterial,
+    model: &DecoupledCnn,
+    device: Device,
+    data: &Dataset,
+    templates: &PathTemplates,
+    options: &FitOptions,
+) -> Result<(Representations, usize)> {
+    let clean = material.clean();
+    if !options.benign_corruptions {
+        return Ok((clean, 0));
+    }
+    let corrupted = crate::corruptions::mild_mix(&data.images, options.seed)?;
+    let reps = Representations::compute(model, device, &corrupted, templates, options.batch_size)?;
+    let labels = Vec::<i64>::try_from(&data.labels)?;
+    let correct: Vec<usize> = reps.predictions.iter().zip(&labels).enumerate().filter(|(_, (p, l))| p == l).map(|(i, _)| i).collect();
+    let kept = reps.select(&correct);
+    let rows = kept.len();
+    Ok((Representations::concat(&[&clean, &kept]).expect("two parts"), rows))
 }
 
 /// Templates from the clean images of `data` that the model classifies correctly.
@@ -129,12 +156,14 @@ pub fn fit_path_detector(
     let material_options =
         MaterialOptions { gates: options.gates, batch_size: options.batch_size, show_progress: options.show_progress, keep_images: false };
     let fit_material = AttackMaterial::build(model, device, &fit_part, &templates, &planned, &material_options)?;
-    let (clean, adversarial) = (fit_material.clean(), fit_material.adversarial("").expect("at least one attack"));
+    let (clean, corrupted_rows) = negatives(&fit_material, model, device, &fit_part, &templates, options)?;
+    let adversarial = fit_material.adversarial("").expect("at least one attack");
     let blocks: Vec<&AttackBlock> = fit_material.attacks.iter().collect();
     let mut detector = PathDetector::new(model_hash, templates, fit_experts(model, &clean, &blocks)?);
 
     let val_material = AttackMaterial::build(model, device, &val_part, &detector.templates, &planned, &material_options)?;
-    let (val_clean, val_adv) = (val_material.clean(), val_material.adversarial("").expect("at least one attack"));
+    let (val_clean, _) = negatives(&val_material, model, device, &val_part, &detector.templates, options)?;
+    let val_adv = val_material.adversarial("").expect("at least one attack");
     detector.calibrate(&val_clean, options.target_fpr)?;
     let (scores, val_labels) = crate::evaluation::labelled_scores(
         &detector.score_representations(&val_clean)?,
@@ -147,6 +176,7 @@ pub fn fit_path_detector(
         attacks: options.attacks.iter().map(describe_attack).collect(),
         train_images: n,
         clean_rows: clean.len(),
+        benign_corruption_rows: corrupted_rows,
         adversarial_rows: adversarial.len(),
         validation_clean_rows: val_clean.len(),
         target_false_positive_rate: options.target_fpr,

@@ -162,6 +162,10 @@ struct FitDetectorArgs {
     batch_size: usize,
     #[arg(long, default_value_t = 0)]
     seed: i64,
+    /// Count mildly corrupted training images (every corruption of `pathguard corrupt` at
+    /// severity 1-2) as clean, in fitting and in setting the threshold
+    #[arg(long)]
+    benign_corruptions: bool,
     /// Output file [default: MODEL/detector.json]
     #[arg(long)]
     out: Option<PathBuf>,
@@ -648,6 +652,8 @@ fn run_fit_detector(args: FitDetectorArgs) -> Result<()> {
         batch_size: args.batch_size,
         gates: GateGradient::Surrogate,
         show_progress: true,
+        benign_corruptions: args.benign_corruptions,
+        seed: args.seed,
     };
     let detector = fit_path_detector(&checkpoint.model, checkpoint.model_hash(), device, &all_train, &train, &options)?;
     let out = args.out.unwrap_or_else(|| args.model.join(DETECTOR_FILE));

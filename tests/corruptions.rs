@@ -71,7 +71,7 @@ fn corrupt_refuses_unknown_corruptions_and_severities_and_keeps_existing_output(
 fn corruption_report_covers_every_corruption_and_severity() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("report");
-    let run = pathguard(&["corruption-report", "--limit", "40", "--slow-limit", "8"], &out);
+    let run = pathguard(&["corruption-report", "--limit", "40", "--slow-limit", "0", "--pgd-steps", "5"], &out);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     for file in pathguard::evaluation::corruptions::CORRUPTION_REPORT_FILES {
         assert!(std::fs::metadata(out.join(file)).unwrap().len() > 0, "{file} is empty");

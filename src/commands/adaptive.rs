@@ -55,6 +55,9 @@ pub struct AdaptiveReportArgs {
     /// auto (GPU if CUDA works), cpu, cuda or cuda:N
     #[arg(long, default_value = "auto")]
     device: String,
+    /// The detector to judge [default: the model's detector.json]
+    #[arg(long)]
+    detector: Option<PathBuf>,
     /// Report directory (report.md, report.json, sr_vs_eps.png)
     #[arg(long, default_value = "reports/adaptive")]
     out: PathBuf,
@@ -62,7 +65,10 @@ pub struct AdaptiveReportArgs {
 
 pub fn run_adaptive_report(args: AdaptiveReportArgs) -> Result<()> {
     let device = parse_device(&args.device)?;
-    let screener = Screener::load(&args.model, device)?;
+    let mut screener = Screener::load(&args.model, device)?;
+    if let Some(path) = &args.detector {
+        screener.detector = pathguard::detector::PathDetector::load(path, screener.checkpoint.model_hash())?;
+    }
     let dir = args.data.clone().unwrap_or_else(fashion_mnist::default_dir);
     let test = fashion_mnist::load(&dir, Split::Test)?;
     if args.limit == 0 || args.offset >= test.len() {

@@ -100,13 +100,19 @@ pub struct CorruptionReportArgs {
     limit: usize,
     #[arg(long, default_value_t = 0)]
     offset: usize,
-    /// C&W, the slow attack, runs on at most this many of them
+    /// Steps of the PGD attack (eps 0.1) the corruptions are told apart from
+    #[arg(long, default_value_t = 40)]
+    pgd_steps: usize,
+    /// C&W, the slow attack, runs on at most this many of them (0: not at all)
     #[arg(long, default_value_t = 200)]
     slow_limit: usize,
     #[arg(long, default_value_t = 0)]
     seed: i64,
     #[arg(long, default_value = "auto")]
     device: String,
+    /// The detector to judge [default: the model's detector.json]
+    #[arg(long)]
+    detector: Option<PathBuf>,
     /// Report directory (report.md, report.json, corruptions.png)
     #[arg(long, default_value = "reports/corruptions")]
     out: PathBuf,
@@ -115,9 +121,12 @@ pub struct CorruptionReportArgs {
 pub fn run_corruption_report(args: CorruptionReportArgs) -> Result<()> {
     let device = parse_device(&args.device)?;
     let (data, _) = slice(args.data.as_ref(), "test", args.offset, args.limit)?;
-    let screener = Screener::load(&args.model, device)?;
+    let mut screener = Screener::load(&args.model, device)?;
+    if let Some(path) = &args.detector {
+        screener.detector = pathguard::detector::PathDetector::load(path, screener.checkpoint.model_hash())?;
+    }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let report = corruption_report(&screener, &data, args.slow_limit, args.seed, command)?;
+    let report = corruption_report(&screener, &data, args.pgd_steps, args.slow_limit, args.seed, command)?;
     report.write(&args.out, &data.images.get(0))?;
     print!("{}", report.to_markdown());
     println!("wrote {} ({} corruptions)", args.out.display(), CORRUPTIONS.len());

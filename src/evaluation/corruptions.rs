@@ -23,12 +23,12 @@ pub struct CorruptionRow {
     pub unit: String,
     pub mean_change: f64,
     pub verdicts: Verdicts,
-    /// AUROC of PGD images (eps 0.1, misclassified) against these corrupted images.
+    /// AUROC of the PGD images (eps 0.1, misclassified) against these corrupted images.
     pub auroc_pgd_vs_corrupted: f64,
 }
 
 /// Adversarial images of one attack against the corrupted images of one severity, pooled
-/// over every corruption.
+/// over every corruption (severity 0: against the clean images).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Separation {
     pub attack: String,
@@ -68,18 +68,25 @@ fn auroc(positive: &[f64], negative: &[f64]) -> Result<f64> {
     detectors::roc_auc(&scores, &labels).map_err(|e| Error::Config(format!("AUROC: {e}")))
 }
 
-/// Every corruption at every severity on `data`; PGD on all of `data` and C&W on the first
-/// `slow_limit` images for the separation AUROCs.
-pub fn corruption_report(screener: &Screener, data: &Dataset, slow_limit: usize, seed: i64, command: String) -> Result<CorruptionReport> {
+/// Every corruption at every severity on `data`; PGD (eps 0.1, `pgd_steps`) on all of `data`
+/// and C&W on the first `slow_limit` images (none: 0) for the separation AUROCs.
+pub fn corruption_report(
+    screener: &Screener,
+    data: &Dataset,
+    pgd_steps: usize,
+    slow_limit: usize,
+    seed: i64,
+    command: String,
+) -> Result<CorruptionReport> {
     let started = Instant::now();
     if data.is_empty() {
         return Err(Error::Config("no images to corrupt".into()));
     }
     let clean = verdicts(screener, &data.images, &data.labels, 256)?;
-    let pgd_params = AttackParams { steps: Some(40), random_start: true, seed, ..AttackParams::new("pgd", 0.1) };
-    eprintln!("attacking {} images with PGD-40 eps 0.1, {} with C&W", data.len(), slow_limit.min(data.len()));
+    let pgd_params = AttackParams { steps: Some(pgd_steps), random_start: true, seed, ..AttackParams::new("pgd", 0.1) };
+    eprintln!("attacking {} images with PGD-{pgd_steps} eps 0.1, {} with C&W", data.len(), slow_limit.min(data.len()));
     let pgd = fooled_scores(screener, data, &pgd_params)?;
-    let cw = fooled_scores(screener, &data.take(slow_limit), &AttackParams::new("cw", 0.0))?;
+    let cw = if slow_limit == 0 { Vec::new() } else { fooled_scores(screener, &data.take(slow_limit), &AttackParams::new("cw", 0.0))? };
     let mut rows = Vec::new();
     let mut pooled: Vec<Vec<f64>> = Vec::new();
     for corruption in &CORRUPTIONS {
@@ -106,7 +113,17 @@ pub fn corruption_report(screener: &Screener, data: &Dataset, slow_limit: usize,
         }
     }
     let mut separation = Vec::new();
-    for (attack, scores) in [("pgd eps 0.1 (40 steps)", &pgd), ("cw kappa 0", &cw)] {
+    let pgd_name = format!("pgd eps 0.1 ({pgd_steps} steps)");
+    for (attack, scores) in [(pgd_name.as_str(), &pgd), ("cw kappa 0 (100 steps x 3 searches)", &cw)] {
+        if !scores.is_empty() {
+            separation.push(Separation {
+                attack: attack.into(),
+                adversarial_images: scores.len(),
+                severity: 0,
+                corrupted_images: clean.scores.len(),
+                auroc: auroc(scores, &clean.scores)?,
+            });
+        }
         for severity in [1usize, 2] {
             if scores.is_empty() || pooled.len() < severity {
                 continue;
@@ -182,9 +199,10 @@ impl CorruptionReport {
             self.rows.iter().filter(|r| r.severity <= 2).count()
         );
         let _ = writeln!(md, "## Attack or benign change? (adversarial = positive)\n");
-        let _ = writeln!(md, "| adversarial | images | corrupted, severity | images | AUROC |\n|---|---|---|---|---|");
+        let _ = writeln!(md, "| adversarial | images | against | images | AUROC |\n|---|---|---|---|---|");
         for s in &self.separation {
-            let _ = writeln!(md, "| {} | {} | all corruptions, {} | {} | {:.3} |", s.attack, s.adversarial_images, s.severity, s.corrupted_images, s.auroc);
+            let against = if s.severity == 0 { "clean".to_string() } else { format!("all corruptions, severity {}", s.severity) };
+            let _ = writeln!(md, "| {} | {} | {against} | {} | {:.3} |", s.attack, s.adversarial_images, s.corrupted_images, s.auroc);
         }
         let _ = writeln!(md, "\n`corruptions.png`: one test image under every corruption and severity, with each cell's flag rate.");
         md
