@@ -4,9 +4,47 @@
 //! batch `[N, C, H, W]` in [0, 1] and returns one of the same shape in [0, 1]. Severities start
 //! at barely visible; random draws are seeded.
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Poisson, StandardNormal};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
+
+/// Seeded random draws as tensors. A generator of our own: libtorch's is global, so another
+/// thread drawing at the same time would change a corruption.
+struct Draws(StdRng);
+
+impl Draws {
+    fn like(&mut self, x: &Tensor, draw: impl Fn(&mut StdRng) -> f32) -> Tensor {
+        let values: Vec<f32> = (0..x.numel()).map(|_| draw(&mut self.0)).collect();
+        Tensor::from_slice(&values).view(x.size().as_slice())
+    }
+
+    fn uniform(&mut self, x: &Tensor) -> Tensor {
+        self.like(x, |r| r.gen::<f32>())
+    }
+
+    fn normal(&mut self, x: &Tensor) -> Tensor {
+        self.like(x, |r| StandardNormal.sample(r))
+    }
+
+    /// Poisson counts of the given rates (0 where the rate is 0).
+    fn poisson(&mut self, rates: &Tensor) -> Result<Tensor> {
+        let rates = Vec::<f32>::try_from(rates.flatten(0, -1))?;
+        let counts: Vec<f32> = rates
+            .iter()
+            .map(|&rate| if rate > 0.0 { Poisson::new(rate).map(|p| p.sample(&mut self.0)).unwrap_or(rate) } else { 0.0 })
+            .collect();
+        Ok(Tensor::from_slice(&counts))
+    }
+
+    /// `n` integers in 0..below.
+    fn integers(&mut self, n: i64, below: i64) -> Tensor {
+        let values: Vec<i64> = (0..n).map(|_| self.0.gen_range(0..below)).collect();
+        Tensor::from_slice(&values)
+    }
+}
 
 /// A corruption and its severities (1-based on the command line).
 pub struct Corruption {
@@ -53,15 +91,15 @@ impl Corruption {
         if size.len() != 4 || images.kind() != Kind::Float {
             return Err(Error::Config(format!("corruptions take float32 [N, C, H, W] images, not {:?} {size:?}", images.kind())));
         }
-        tch::manual_seed(seed);
+        let mut draws = Draws(StdRng::seed_from_u64(seed as u64));
         let x = images.to_device(Device::Cpu);
         let n = size[0];
         let out = match self.name {
-            "gaussian-noise" => &x + x.randn_like() * level,
-            "shot-noise" => (&x * level).poisson() / level,
+            "gaussian-noise" => &x + draws.normal(&x) * level,
+            "shot-noise" => draws.poisson(&(&x * level))?.view(size.as_slice()) / level,
             "impulse-noise" => {
-                let hit = x.rand_like().lt(level);
-                let salt = x.rand_like().lt(0.5).to_kind(Kind::Float);
+                let hit = draws.uniform(&x).lt(level);
+                let salt = draws.uniform(&x).lt(0.5).to_kind(Kind::Float);
                 salt.where_self(&hit, &x)
             }
             "gaussian-blur" => {
@@ -90,19 +128,19 @@ impl Corruption {
             }
             "translate" => {
                 // One of the eight compass directions per image, `level` pixels along each axis used.
-                let direction = Tensor::randint(8, [n], (Kind::Int64, Device::Cpu));
+                let direction = draws.integers(n, 8);
                 let angle = direction.to_kind(Kind::Float) * (std::f64::consts::PI / 4.0);
                 let (dx, dy) = ((angle.cos() * level).round(), (angle.sin() * level).round());
                 let (w, h) = (size[3] as f64, size[2] as f64);
                 warp(&x, &Tensor::ones([n], (Kind::Float, Device::Cpu)), &Tensor::zeros([n], (Kind::Float, Device::Cpu)), &(dx * (2.0 / w)), &(dy * (2.0 / h)))
             }
             "rotate" => {
-                let sign = Tensor::randint(2, [n], (Kind::Int64, Device::Cpu)).to_kind(Kind::Float) * 2.0 - 1.0;
+                let sign = draws.integers(n, 2).to_kind(Kind::Float) * 2.0 - 1.0;
                 let zeros = Tensor::zeros([n], (Kind::Float, Device::Cpu));
                 warp(&x, &zeros.ones_like(), &(sign * level.to_radians()), &zeros, &zeros)
             }
             "scale" => {
-                let grow = Tensor::randint(2, [n], (Kind::Int64, Device::Cpu)).to_kind(Kind::Bool);
+                let grow = draws.integers(n, 2).to_kind(Kind::Bool);
                 let zoom = Tensor::full([n], 1.0 + level, (Kind::Float, Device::Cpu))
                     .where_self(&grow, &Tensor::full([n], 1.0 - level, (Kind::Float, Device::Cpu)));
                 let zeros = zoom.zeros_like();
@@ -243,12 +281,14 @@ mod tests {
         tch::manual_seed(1);
         let x = Tensor::rand([44, 1, 28, 28], (Kind::Float, Device::Cpu));
         let y = mild_mix(&x, 0).unwrap();
+        let combos = 2 * CORRUPTIONS.len() as i64;
         for (k, c) in CORRUPTIONS.iter().enumerate() {
-            let expected = c.apply(&x.narrow(0, k as i64, 1), 1, k as i64).unwrap();
-            assert!(y.narrow(0, k as i64, 1).equal(&expected), "image {k}: {} severity 1", c.name);
-            let j = (k + CORRUPTIONS.len()) as i64;
-            let expected = c.apply(&x.narrow(0, j, 1), 2, j).unwrap();
-            assert!(y.narrow(0, j, 1).equal(&expected), "image {j}: {} severity 2", c.name);
+            for severity in [1usize, 2] {
+                let combo = k as i64 + CORRUPTIONS.len() as i64 * (severity as i64 - 1);
+                let rows = Tensor::from_slice(&[combo, combo + combos]);
+                let expected = c.apply(&x.index_select(0, &rows), severity, combo).unwrap();
+                assert!(y.index_select(0, &rows).equal(&expected), "rows {combo}: {} severity {severity}", c.name);
+            }
         }
     }
 
