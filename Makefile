@@ -31,7 +31,7 @@ STAGE4_ARGS := --epochs 1 --hard-gate-epochs 1 --lr 1.5e-4 --lambda-sparsity 2e-
 # 3,000 training images (20% held out for the threshold); about 15 minutes on 2 cores.
 DETECTOR_ARGS := --limit 3000 --eps 0.05,0.1,0.2 --methods fgsm,pgd,pgd-early-stop --seed 0
 
-.PHONY: help setup data torch fonts build bench test serve eval default-model detector evaluate adaptive-report soak clean-venv
+.PHONY: help setup data torch fonts build bench test serve eval default-model detector evaluate adaptive-report corruption-report benign-detector soak clean-venv
 
 help:
 	@echo "make serve          set up, build, and start pathguard on models/default"
@@ -40,6 +40,8 @@ help:
 	@echo "make detector       refit models/default/detector.json (about 15 min on 2 cores)"
 	@echo "make evaluate       the detection report of README (about 30 min on 2 cores)"
 	@echo "make adaptive-report  detector-aware attacks against models/default (about 50 min on 2 cores)"
+	@echo "make corruption-report  benign corruptions against the shipped and the corruption-aware detector"
+	@echo "make benign-detector  fit models/default/detector-benign.json with mildly corrupted images as clean"
 	@echo "make bench          throughput of the shipped model and of attacks"
 	@echo "make soak           10 minutes of honest and hostile clients against one server (reports/soak)"
 
@@ -120,6 +122,17 @@ evaluate: build
 # attack; `pathguard adaptive-report --help` for the full 1,000-step protocol.
 adaptive-report: build
 	$(BIN) adaptive-report --model models/default --limit 500 --steps 200 --restarts 1 --out reports/adaptive
+
+# The benign-corruption tables of README (reports/corruptions*), for the shipped detector and
+# for the one fitted with mildly corrupted images as clean (make benign-detector).
+corruption-report: build
+	$(BIN) corruption-report --model models/default --out reports/corruptions
+	$(BIN) corruption-report --model models/default --detector models/default/detector-benign.json \
+	  --out reports/corruptions-benign-detector
+
+benign-detector: build
+	$(BIN) fit-detector --model models/default $(DETECTOR_ARGS) --benign-corruptions \
+	  --out models/default/detector-benign.json
 
 # The hostile-input soak of BENCHMARKS.md (about 12 minutes; SOAK_S=seconds to change).
 soak: build

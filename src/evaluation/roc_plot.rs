@@ -40,15 +40,22 @@ pub fn draw_roc(path: &Path, title: &str, curves: &[(String, f64, Vec<(f64, f64)
         }
     }
     if with_text {
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 15))
-            .draw()
-            .map_err(|e| fail(e.to_string()))?;
+        draw_legend(&mut chart).map_err(fail)?;
     }
     root.present().map_err(|e| fail(e.to_string()))?;
     Ok(())
+}
+
+/// The series labels in the lower right corner, as every line chart of ours has them.
+pub(crate) fn draw_legend<'a>(
+    chart: &mut ChartContext<'a, BitMapBackend<'a>, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>,
+) -> std::result::Result<(), String> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .draw()
+        .map_err(|e| e.to_string())
 }

@@ -47,14 +47,7 @@ pub fn draw_sr_vs_eps(path: &Path, report: &AdaptiveReport) -> Result<()> {
         }
     }
     if with_text {
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 15))
-            .draw()
-            .map_err(|e| fail(e.to_string()))?;
+        crate::evaluation::roc_plot::draw_legend(&mut chart).map_err(fail)?;
     }
     root.present().map_err(|e| fail(e.to_string()))?;
     Ok(())
