@@ -1,5 +1,6 @@
 //! The one integration-test binary (libtorch is linked once, not once per test file).
 
+mod adaptive_report;
 mod attack_sets;
 mod bench;
 mod checkpoint;
