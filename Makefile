@@ -39,7 +39,7 @@ help:
 	@echo "make default-model  retrain models/default and its detector from scratch (about 75 min on 2 cores)"
 	@echo "make detector       refit models/default/detector.json (about 15 min on 2 cores)"
 	@echo "make evaluate       the detection report of README (about 30 min on 2 cores)"
-	@echo "make adaptive-report  detector-aware attacks against models/default (about 50 min on 2 cores)"
+	@echo "make adaptive-report  detector-aware attacks against models/default (about 30 min on 2 cores)"
 	@echo "make corruption-report  benign corruptions against the shipped and the corruption-aware detector"
 	@echo "make benign-detector  fit models/default/detector-benign.json with mildly corrupted images as clean"
 	@echo "make bench          throughput of the shipped model and of attacks"
@@ -118,10 +118,10 @@ detector: build
 evaluate: build
 	$(BIN) evaluate --model models/default --out reports/evaluate
 
-# The adaptive-attack table of README (reports/adaptive): 500 test images, 200 steps per
+# The adaptive-attack table of README (reports/adaptive): 200 test images, 100 steps per
 # attack; `pathguard adaptive-report --help` for the full 1,000-step protocol.
 adaptive-report: build
-	$(BIN) adaptive-report --model models/default --limit 500 --steps 200 --restarts 1 --out reports/adaptive
+	$(BIN) adaptive-report --model models/default --limit 200 --steps 100 --restarts 1 --targets 1 --out reports/adaptive
 
 # The benign-corruption tables of README (reports/corruptions*), for the shipped detector and
 # for the one fitted with mildly corrupted images as clean (make benign-detector).
