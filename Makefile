@@ -39,7 +39,7 @@ help:
 	@echo "make default-model  retrain models/default and its detector from scratch (about 75 min on 2 cores)"
 	@echo "make detector       refit models/default/detector.json (about 15 min on 2 cores)"
 	@echo "make evaluate       the detection report of README (about 30 min on 2 cores)"
-	@echo "make adaptive-report  detector-aware attacks against models/default (about 30 min on 2 cores)"
+	@echo "make adaptive-report  detector-aware attacks against models/default (about 40 min on 2 cores)"
 	@echo "make corruption-report  benign corruptions against the shipped and the corruption-aware detector"
 	@echo "make benign-detector  fit models/default/detector-benign.json with mildly corrupted images as clean"
 	@echo "make bench          throughput of the shipped model and of attacks"
