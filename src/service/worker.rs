@@ -42,6 +42,16 @@ struct ScreenJob {
     reply: oneshot::Sender<Result<Vec<Screened>, Status>>,
 }
 
+impl ScreenJob {
+    /// Frees the job's images from the queue bound, then answers: a caller who gets the
+    /// answer and sends again at once must find its images no longer counted.
+    fn answer(self, result: Result<Vec<Screened>, Status>) {
+        let ScreenJob { _held, reply, .. } = self;
+        drop(_held);
+        let _ = reply.send(result);
+    }
+}
+
 /// The outcome of an attack job, per image.
 #[derive(Debug)]
 pub struct AttackResult {
@@ -263,7 +273,7 @@ fn screen_loop(screener: &Screener, queue: Receiver<ScreenJob>, limits: &Limits,
         for job in jobs {
             metrics.queue_wait.with_label_values(&["screen"]).observe((now - job.enqueued).as_secs_f64());
             if expired(job.deadline, now) {
-                let _ = job.reply.send(Err(Status::deadline_exceeded("the deadline passed while the request was queued")));
+                job.answer(Err(Status::deadline_exceeded("the deadline passed while the request was queued")));
             } else if !job.reply.is_closed() {
                 live.push(job);
             }
@@ -288,12 +298,13 @@ fn screen_loop(screener: &Screener, queue: Receiver<ScreenJob>, limits: &Limits,
                 let mut rest = screened.into_iter();
                 for job in live {
                     let n = job.images.size()[0] as usize;
-                    let _ = job.reply.send(Ok(rest.by_ref().take(n).collect()));
+                    let screened = rest.by_ref().take(n).collect();
+                    job.answer(Ok(screened));
                 }
             }
             Err(status) => {
                 for job in live {
-                    let _ = job.reply.send(Err(status.clone()));
+                    job.answer(Err(status.clone()));
                 }
             }
         }
