@@ -13,8 +13,8 @@ NUMPY_OK := $(VENV)/.numpy-installed
 # Client libraries for the tests of our Python example and of stock tritonclient, in a
 # virtualenv of their own so that nothing touches the torch one.
 CLIENTS_VENV := $(CACHE_DIR)/venv-clients
-CLIENTS_OK := $(CLIENTS_VENV)/.installed-v1
-CLIENT_PACKAGES := grpcio==1.85.3 grpcio-tools==1.85.1 numpy==2.4.6 'tritonclient[grpc]==2.41.0'
+CLIENTS_OK := $(CLIENTS_VENV)/.installed-v2
+CLIENT_PACKAGES := grpcio==1.85.3 grpcio-tools==1.85.1 numpy==2.4.6 'tritonclient[grpc,http]==2.41.0' websocket-client==1.8.0
 FONT := /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
 DATA_DIR := /usr/share/datasets/fashion-mnist
 DATA_OK := $(DATA_DIR)/t10k-labels-idx1-ubyte.gz
@@ -31,7 +31,7 @@ STAGE4_ARGS := --epochs 1 --hard-gate-epochs 1 --lr 1.5e-4 --lambda-sparsity 2e-
 # 3,000 training images (20% held out for the threshold); about 15 minutes on 2 cores.
 DETECTOR_ARGS := --limit 3000 --eps 0.05,0.1,0.2 --methods fgsm,pgd,pgd-early-stop --seed 0
 
-.PHONY: help setup data torch fonts build bench test serve eval default-model detector evaluate adaptive-report corruption-report benign-detector soak clean-venv
+.PHONY: help setup data torch fonts browser build bench test serve eval default-model detector distribution evaluate adaptive-report corruption-report benign-detector soak clean-venv
 
 help:
 	@echo "make serve          set up, build, and start pathguard on models/default"
@@ -45,10 +45,10 @@ help:
 	@echo "make bench          throughput of the shipped model and of attacks"
 	@echo "make soak           10 minutes of honest and hostile clients against one server (reports/soak)"
 
-setup: data torch fonts $(NUMPY_OK) $(CLIENTS_OK)
+setup: data torch fonts browser $(NUMPY_OK) $(CLIENTS_OK)
 
 $(CLIENTS_OK):
-	@echo "creating $(CLIENTS_VENV) with grpcio, grpcio-tools and tritonclient"
+	@echo "creating $(CLIENTS_VENV) with grpcio, grpcio-tools, tritonclient and websocket-client"
 	@rm -rf $(CLIENTS_VENV)
 	python3 -m venv $(CLIENTS_VENV)
 	$(CLIENTS_VENV)/bin/pip install --disable-pip-version-check --quiet $(CLIENT_PACKAGES)
@@ -60,6 +60,14 @@ $(FONT):
 	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get install -y fonts-dejavu-core || \
 	  { $$SUDO apt-get update && $$SUDO apt-get install -y fonts-dejavu-core; }
+
+# Headless Chromium and curl, for the tests of the page and of the HTTP API.
+CHROMIUM := /usr/bin/chromium
+browser: $(CHROMIUM) /usr/bin/curl
+$(CHROMIUM) /usr/bin/curl:
+	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y chromium curl || \
+	  { $$SUDO apt-get update && $$SUDO apt-get install -y chromium curl; }
 
 # numpy, for the tests that check our NPY files load in Python as they are (it does not
 # touch torch's version).
@@ -109,10 +117,14 @@ default-model: build
 	$(BIN) train --init runs/default-stage2 --out runs/default-stage3 $(STAGE3_ARGS)
 	$(BIN) train --init runs/default-stage3 --out models/default $(STAGE4_ARGS)
 	$(BIN) eval --model models/default --json
-	$(MAKE) detector
+	$(MAKE) detector distribution
 
 detector: build
 	$(BIN) fit-detector --model models/default $(DETECTOR_ARGS)
+
+# How far each screened image is from the training images (models/default/distribution.json).
+distribution: build
+	$(BIN) fit-distribution --model models/default
 
 # The README's detection table (report.md, report.json, roc.png in reports/evaluate).
 evaluate: build

@@ -13,7 +13,7 @@ QUIET_S=${QUIET_S:-90}
 HONEST="--concurrency 2 --batch-size 1"
 mkdir -p "$OUT"
 work=$(mktemp -d)
-"$BIN" serve --device cpu --addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 --model models/default \
+"$BIN" serve --device cpu --addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 --model models/default \
   >"$work/out" 2>"$work/err" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$work"' EXIT

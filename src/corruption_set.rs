@@ -1,6 +1,7 @@
 //! Corruption sets: a data slice under one benign corruption ([`crate::corruptions`]), with
 //! the screener's verdicts, written like attack sets (NPY files, manifest.json, preview.png).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -12,7 +13,11 @@ use crate::data::Dataset;
 use crate::error::Result;
 use crate::screener::Screener;
 
-/// Accuracy and flags of one batch of images.
+/// A distribution percentile at or above which an image counts as far from the training
+/// images (farther out than 99% of held-out clean training images).
+pub const FAR_PERCENTILE: f64 = 0.99;
+
+/// Accuracy, flags and their reasons of one batch of images.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Verdicts {
     pub accuracy: f64,
@@ -20,36 +25,94 @@ pub struct Verdicts {
     pub flag_rate: f64,
     /// Flagged, among the images the model still classifies correctly.
     pub flag_rate_of_correct: f64,
+    /// Per detector expert: the share of images whose score from that expert alone reaches
+    /// the threshold.
+    #[serde(default)]
+    pub fired: BTreeMap<String, f64>,
+    /// The share of images at or above [`FAR_PERCENTILE`] of the training distribution (when
+    /// the model has a distribution.json).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub far_rate: Option<f64>,
     #[serde(skip)]
     pub predictions: Vec<i64>,
     #[serde(skip)]
     pub scores: Vec<f64>,
+    /// Per image, each expert's score.
+    #[serde(skip)]
+    pub expert_scores: Vec<Vec<f64>>,
+    /// Per image, its distribution percentile.
+    #[serde(skip)]
+    pub percentiles: Vec<Option<f64>>,
 }
 
 /// Screens `images` in batches of `batch` and judges them against `labels`.
 pub fn verdicts(screener: &Screener, images: &Tensor, labels: &Tensor, batch: usize) -> Result<Verdicts> {
     let n = images.size()[0];
-    let (mut predictions, mut scores) = (Vec::new(), Vec::new());
+    let (mut predictions, mut scores, mut expert_scores, mut percentiles) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for start in (0..n).step_by(batch.max(1)) {
         let len = (batch as i64).min(n - start);
         for s in screener.screen(&images.narrow(0, start, len))? {
             predictions.push(s.predicted_class);
             scores.push(s.score);
+            expert_scores.push(s.expert_scores);
+            percentiles.push(s.distribution.map(|d| d.percentile));
         }
     }
     let labels = Vec::<i64>::try_from(labels.to_device(Device::Cpu))?;
-    let threshold = screener.detector.threshold();
-    let correct: Vec<bool> = predictions.iter().zip(&labels).map(|(p, l)| p == l).collect();
-    let flagged: Vec<bool> = scores.iter().map(|&s| s >= threshold).collect();
-    let count = |v: &mut dyn Iterator<Item = bool>| v.filter(|&b| b).count() as f64;
-    let correct_count = count(&mut correct.iter().copied());
-    Ok(Verdicts {
-        accuracy: correct_count / n as f64,
-        flag_rate: count(&mut flagged.iter().copied()) / n as f64,
-        flag_rate_of_correct: count(&mut correct.iter().zip(&flagged).map(|(&c, &f)| c && f)) / correct_count.max(1.0),
-        predictions,
-        scores,
-    })
+    let names: Vec<String> = screener.detector.experts.iter().map(|e| e.name.clone()).collect();
+    Ok(Verdicts::summarise(predictions, scores, expert_scores, percentiles, &labels, &names, screener.detector.threshold()))
+}
+
+impl Verdicts {
+    /// The rates of per-image verdicts (all vectors row-aligned with `labels`).
+    pub fn summarise(
+        predictions: Vec<i64>,
+        scores: Vec<f64>,
+        expert_scores: Vec<Vec<f64>>,
+        percentiles: Vec<Option<f64>>,
+        labels: &[i64],
+        expert_names: &[String],
+        threshold: f64,
+    ) -> Verdicts {
+        let n = labels.len().max(1) as f64;
+        let correct: Vec<bool> = predictions.iter().zip(labels).map(|(p, l)| p == l).collect();
+        let flagged: Vec<bool> = scores.iter().map(|&s| s >= threshold).collect();
+        let correct_count = correct.iter().filter(|&&c| c).count() as f64;
+        let fired = expert_names
+            .iter()
+            .enumerate()
+            .map(|(e, name)| (name.clone(), expert_scores.iter().filter(|s| s[e] >= threshold).count() as f64 / n))
+            .collect();
+        let far_rate = percentiles
+            .iter()
+            .map(|p| p.map(|p| p >= FAR_PERCENTILE))
+            .collect::<Option<Vec<bool>>>()
+            .map(|far| far.iter().filter(|&&f| f).count() as f64 / n);
+        Verdicts {
+            accuracy: correct_count / n,
+            flag_rate: flagged.iter().filter(|&&f| f).count() as f64 / n,
+            flag_rate_of_correct: correct.iter().zip(&flagged).filter(|(&c, &f)| c && f).count() as f64 / correct_count.max(1.0),
+            fired,
+            far_rate,
+            predictions,
+            scores,
+            expert_scores,
+            percentiles,
+        }
+    }
+
+    /// The verdicts of the images at `rows` only.
+    pub fn select(&self, rows: &[usize], labels: &[i64], expert_names: &[String], threshold: f64) -> Verdicts {
+        Verdicts::summarise(
+            rows.iter().map(|&i| self.predictions[i]).collect(),
+            rows.iter().map(|&i| self.scores[i]).collect(),
+            rows.iter().map(|&i| self.expert_scores[i].clone()).collect(),
+            rows.iter().map(|&i| self.percentiles[i]).collect(),
+            &rows.iter().map(|&i| labels[i]).collect::<Vec<_>>(),
+            expert_names,
+            threshold,
+        )
+    }
 }
 
 /// `manifest.json` of a corruption set.

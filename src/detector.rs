@@ -73,6 +73,18 @@ pub fn noisy_or(scores: &[Array1<f64>]) -> Array1<f64> {
     keep.mapv(|k| 1.0 - k)
 }
 
+/// What the detector reads of a batch of images ([`PathDetector::read`]).
+#[derive(Debug, Clone)]
+pub struct Reading {
+    /// Per expert, the score of each image.
+    pub expert_scores: Vec<Array1<f64>>,
+    /// The path statistics `[N, 6L + 3]`.
+    pub statistics: Array2<f64>,
+    /// `[N, L]`: per gated layer, the experts' logit contributions of that layer's columns,
+    /// summed over the experts; positive pushed the score up.
+    pub layer_evidence: Array2<f64>,
+}
+
 /// The fitted path detector.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PathDetector {
@@ -93,19 +105,32 @@ impl PathDetector {
 
     /// Adversarial scores in [0, 1] for an eval-mode forward pass.
     pub fn score(&self, out: &ForwardOutput) -> Result<Array1<f64>> {
-        Ok(self.score_with_statistics(out)?.0)
+        Ok(noisy_or(&self.read(out)?.expert_scores))
     }
 
-    /// The scores and the path statistics (see [`crate::path::features`]) of a forward pass,
-    /// the statistics computed once for the experts and the caller's path summaries.
-    pub fn score_with_statistics(&self, out: &ForwardOutput) -> Result<(Array1<f64>, Array2<f64>)> {
+    /// What the detector reads of a forward pass: each expert's scores (the adversarial score
+    /// is their [`noisy_or`]), the path statistics (see [`crate::path::features`], computed
+    /// once for the experts and the caller's path summaries) and each layer's evidence.
+    pub fn read(&self, out: &ForwardOutput) -> Result<Reading> {
         let statistics = crate::path::features::path_feature_tensor(out, &self.templates);
-        let scores = self
-            .experts
-            .iter()
-            .map(|e| e.score_rows(&to_ndarray(&e.features.tensor_rows(Some(&statistics), out))))
-            .collect::<Result<Vec<_>>>()?;
-        Ok((noisy_or(&scores), to_ndarray(&statistics)))
+        let sizes: Vec<usize> = self.templates.layer_sizes.iter().map(|&s| s as usize).collect();
+        let n = out.logits.size()[0] as usize;
+        let mut layer_evidence = Array2::<f64>::zeros((n, sizes.len()));
+        let mut expert_scores = Vec::with_capacity(self.experts.len());
+        for e in &self.experts {
+            let rows = to_ndarray(&e.features.tensor_rows(Some(&statistics), out));
+            expert_scores.push(e.score_rows(&rows)?);
+            // A logistic expert's logit is intercept + sum_j w_j x_j over standardised columns:
+            // the part of that sum from one layer's columns is that layer's exact share.
+            let x = e.classifier.standardizer.transform(rows.view()).map_err(|err| Error::InvalidInput(format!("{}: {err}", e.name)))?;
+            for (j, &w) in e.classifier.weights.iter().enumerate() {
+                if let Some(layer) = e.features.column_layer(j, &sizes) {
+                    let mut column = layer_evidence.column_mut(layer);
+                    column.scaled_add(w, &x.column(j));
+                }
+            }
+        }
+        Ok(Reading { expert_scores, statistics: to_ndarray(&statistics), layer_evidence })
     }
 
     /// Per-expert scores of precomputed representations (computed with these templates).

@@ -36,6 +36,7 @@ pub mod detector;
 pub mod detector_fit;
 pub mod detector_twin;
 pub mod device;
+pub mod distribution;
 pub mod error;
 pub mod evaluation;
 pub mod guarded_model;

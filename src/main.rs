@@ -40,6 +40,9 @@ enum Command {
     /// Fit the path detector on clean versus FGSM/PGD training images and save detector.json
     /// beside the model.
     FitDetector(FitDetectorArgs),
+    /// Fit the clean training distribution of a model's features and save distribution.json
+    /// beside it: screening then says how far each image is from the training images.
+    FitDistribution(commands::distribution::FitDistributionArgs),
     /// Judge the path-statistics detector against the baselines (max-softmax, Mahalanobis,
     /// LID, raw activations) on seen and unseen attacks; writes report.md, report.json and
     /// roc.png to --out.
@@ -360,6 +363,7 @@ fn main() -> std::process::ExitCode {
         Command::Info(args) => run_info(args),
         Command::Attack(args) => run_attack_command(args),
         Command::FitDetector(args) => run_fit_detector(args),
+        Command::FitDistribution(args) => commands::distribution::run_fit_distribution(args),
         Command::Evaluate(args) => run_evaluate(args),
         Command::AdaptiveReport(args) => commands::adaptive::run_adaptive_report(args),
         Command::Corrupt(args) => commands::corrupt::run_corrupt(args),

@@ -6,7 +6,8 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
-use crate::detector::{PathDetector, DETECTOR_FILE};
+use crate::detector::{noisy_or, PathDetector, DETECTOR_FILE};
+use crate::distribution::{Distance, TrainingDistribution, DISTRIBUTION_FILE};
 use crate::error::{Error, Result};
 use crate::model::{Checkpoint, GateMode};
 
@@ -24,6 +25,14 @@ pub struct Screened {
     pub template_deviation: Vec<f32>,
     /// The path, one byte per filter (0 or 1), gated layers in order.
     pub path: Vec<u8>,
+    /// Each detector expert's score, in the detector's order; `score` is their noisy-OR.
+    pub expert_scores: Vec<f64>,
+    /// How far the image is from the clean training images (when the model has a
+    /// `distribution.json`).
+    pub distribution: Option<Distance>,
+    /// Per gated layer: how much its path features pushed the experts toward "adversarial"
+    /// (their logit contributions, summed; negative pulled toward clean).
+    pub layer_evidence: Vec<f64>,
 }
 
 /// Packs 0/1 bytes, bit i in byte i / 8 at position i % 8 (least significant first).
@@ -42,6 +51,8 @@ pub fn pack_bits(bits: &[u8]) -> Vec<u8> {
 pub struct Screener {
     pub checkpoint: Checkpoint,
     pub detector: PathDetector,
+    /// The training distribution, when `distribution.json` is beside the model.
+    pub distribution: Option<TrainingDistribution>,
     pub device: Device,
 }
 
@@ -57,7 +68,13 @@ impl Screener {
             });
         }
         let detector = PathDetector::load(&detector_path, checkpoint.model_hash())?;
-        Ok(Screener { checkpoint, detector, device })
+        let distribution_path = dir.join(DISTRIBUTION_FILE);
+        let distribution = if distribution_path.exists() {
+            Some(TrainingDistribution::load(&distribution_path, checkpoint.model_hash())?)
+        } else {
+            None
+        };
+        Ok(Screener { checkpoint, detector, distribution, device })
     }
 
     pub fn class_names(&self) -> &[String] {
@@ -74,7 +91,13 @@ impl Screener {
         let x = images.to_device(self.device);
         model.check_input(&x)?;
         let out = tch::no_grad(|| model.forward_with_path(&x, GateMode::Eval));
-        let (scores, rows) = self.detector.score_with_statistics(&out)?;
+        let reading = self.detector.read(&out)?;
+        let (expert_scores, rows) = (&reading.expert_scores, &reading.statistics);
+        let scores = noisy_or(expert_scores);
+        let distances = match &self.distribution {
+            Some(d) => Some(d.distances(&out)?),
+            None => None,
+        };
         let probabilities = out.logits.softmax(1, Kind::Float).to_device(Device::Cpu);
         let predicted = Vec::<i64>::try_from(out.logits.argmax(1, false).to_device(Device::Cpu))?;
         let path = Vec::<u8>::try_from(out.path().to_kind(Kind::Uint8).to_device(Device::Cpu).contiguous().view([-1]))?;
@@ -90,6 +113,9 @@ impl Screener {
                 open_fraction: (0..layers).map(|l| column(i, l)).collect(),
                 template_deviation: (0..layers).map(|l| column(i, layers + l)).collect(),
                 path: path[i * bits..(i + 1) * bits].to_vec(),
+                expert_scores: expert_scores.iter().map(|e| e[i]).collect(),
+                distribution: distances.as_ref().map(|d| d[i]),
+                layer_evidence: reading.layer_evidence.row(i).to_vec(),
             })
             .collect())
     }

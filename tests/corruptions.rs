@@ -86,3 +86,53 @@ fn corruption_report_covers_every_corruption_and_severity() {
     }
     assert!(!report["separation"].as_array().unwrap().is_empty());
 }
+
+#[test]
+fn fit_distribution_then_the_verdict_says_which_expert_fired_and_how_far_out_the_image_is() {
+    use pathguard::data::fashion_mnist::{default_dir, load, Split};
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    for file in ["config.json", "model.safetensors", "detector.json"] {
+        std::fs::copy(crate::default_model_dir().join(file), model.join(file)).unwrap();
+    }
+    // Without distribution.json: no distances, but the experts' scores.
+    let test = load(&default_dir(), Split::Test).unwrap().take(200);
+    let without = Screener::load(&model, Device::Cpu).unwrap().screen(&test.images.narrow(0, 0, 4)).unwrap();
+    assert!(without.iter().all(|s| s.distribution.is_none() && s.expert_scores.len() == 2));
+
+    let fit = Command::new(env!("CARGO_BIN_EXE_pathguard"))
+        .args(["fit-distribution", "--device", "cpu", "--limit", "3000", "--held-out", "1000", "--model"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(fit.status.success(), "{}", String::from_utf8_lossy(&fit.stderr));
+    let screener = Screener::load(&model, Device::Cpu).unwrap();
+    let threshold = screener.detector.threshold();
+    let clean = screener.screen(&test.images).unwrap();
+    // Brightness +0.3 on every pixel: the background lifts, far from any training image.
+    let bright = pathguard::corruptions::find("brightness").unwrap().apply(&test.images, 5, 0).unwrap();
+    let bright = screener.screen(&bright).unwrap();
+    let mean_percentile =
+        |v: &[pathguard::screener::Screened]| v.iter().map(|s| s.distribution.unwrap().percentile).sum::<f64>() / v.len() as f64;
+    for s in clean.iter().chain(&bright) {
+        // The score is the noisy-OR of the experts' scores; an expert that fires alone flags.
+        let keep: f64 = s.expert_scores.iter().map(|e| 1.0 - e).product();
+        assert!((s.score - (1.0 - keep)).abs() < 1e-12, "{} vs {:?}", s.score, s.expert_scores);
+        if s.expert_scores.iter().any(|&e| e >= threshold) {
+            assert!(s.score >= threshold);
+        }
+        let d = s.distribution.unwrap();
+        assert!((0.0..=1.0).contains(&d.percentile) && d.distance >= 0.0, "{d:?}");
+    }
+    // Clean test images sit inside the training distribution, the brightened ones outside it.
+    let (clean_p, bright_p) = (mean_percentile(&clean), mean_percentile(&bright));
+    assert!((0.2..0.8).contains(&clean_p), "clean test images: mean percentile {clean_p}");
+    assert!(bright_p > 0.9, "brightness +0.3: mean percentile {bright_p} (clean {clean_p})");
+    // The file belongs to its model: another model's distribution is refused by name.
+    let json = std::fs::read_to_string(model.join("distribution.json")).unwrap();
+    let hash = screener.checkpoint.model_hash().to_string();
+    std::fs::write(model.join("distribution.json"), json.replace(&hash, "0000")).unwrap();
+    let refused = Screener::load(&model, Device::Cpu).unwrap_err().to_string();
+    assert!(refused.contains("distribution.json") && refused.contains("fit-distribution"), "{refused}");
+}

@@ -6,19 +6,27 @@ use pathguard::detector::PathDetector;
 use pathguard::model::Checkpoint;
 use tch::Device;
 
+/// Fits (in a small, fast configuration) twice: plainly, and with mildly corrupted training
+/// images counted as clean (`--benign-corruptions`), which must flag Gaussian noise
+/// (severity 2) less often than the plain fit.
 #[test]
-fn fit_detector_writes_a_detector_that_loads_and_beats_chance() {
+fn fit_detector_writes_a_detector_that_loads_beats_chance_and_can_learn_benign_corruptions() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("detector.json");
-    let run = Command::new(env!("CARGO_BIN_EXE_pathguard"))
-        .args(["fit-detector", "--device", "cpu", "--limit", "300", "--methods", "fgsm,pgd,pgd-early-stop", "--eps", "0.1"])
-        .args(["--pgd-steps", "5", "--model"])
-        .arg(crate::default_model_dir())
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let fit = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let run = Command::new(env!("CARGO_BIN_EXE_pathguard"))
+            .args(["fit-detector", "--device", "cpu", "--limit", "400", "--methods", "fgsm,pgd,pgd-early-stop", "--eps", "0.1"])
+            .args(["--pgd-steps", "5", "--model"])
+            .arg(crate::default_model_dir())
+            .args(extra)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        out
+    };
+    let out = fit("detector.json", &[]);
     let checkpoint = Checkpoint::load(&crate::default_model_dir(), Device::Cpu).unwrap();
     let detector = PathDetector::load(&out, checkpoint.model_hash()).unwrap();
     let record = detector.record.as_ref().unwrap();
@@ -44,6 +52,22 @@ fn fit_detector_writes_a_detector_that_loads_and_beats_chance() {
     // A detector refuses a model it was not fitted on.
     let err = PathDetector::load(&out, &"0".repeat(64)).unwrap_err().to_string();
     assert!(err.contains("fitted on model") && err.contains("fit-detector"), "{err}");
+
+    let plain = detector;
+    let benign = PathDetector::load(&fit("benign.json", &["--benign-corruptions"]), checkpoint.model_hash()).unwrap();
+    let record = benign.record.as_ref().unwrap();
+    assert!(record.benign_corruption_rows > 100, "{record:?}");
+    assert!(record.clean_rows > record.benign_corruption_rows, "clean rows include the corrupted ones");
+    assert_eq!(plain.record.as_ref().unwrap().benign_corruption_rows, 0);
+    let test = pathguard::data::fashion_mnist::load(&pathguard::data::fashion_mnist::default_dir(), pathguard::data::Split::Test)
+        .unwrap()
+        .take(200);
+    let noisy = pathguard::corruptions::find("gaussian-noise").unwrap().apply(&test.images, 2, 0).unwrap();
+    let noisy_pass = tch::no_grad(|| checkpoint.model.forward_with_path(&noisy, pathguard::model::GateMode::Eval));
+    let flag_rate = |d: &PathDetector| d.score(&noisy_pass).unwrap().iter().filter(|&&s| s >= d.threshold()).count();
+    let (p, b) = (flag_rate(&plain), flag_rate(&benign));
+    assert!(b < p, "noisy images flagged: {b}/200 with benign corruptions in the fit, {p}/200 without");
+
     std::fs::write(&out, b"{ not json").unwrap();
     assert!(PathDetector::load(&out, checkpoint.model_hash()).unwrap_err().to_string().contains("not a valid detector file"));
 }
@@ -134,42 +158,4 @@ fn detector_aware_attacks_evade_more_than_oblivious_pgd() {
     }
     eprintln!("evasion at eps {eps}, {steps} steps: {}", report.join(", "));
     assert!(best > oblivious + n / 8, "{}", report.join(", "));
-}
-
-/// `fit-detector --benign-corruptions` counts mildly corrupted images as clean: it records
-/// them, and flags Gaussian noise (severity 2) less often than the same fit without them.
-#[test]
-fn a_detector_fitted_with_benign_corruptions_flags_them_less() {
-    let dir = tempfile::tempdir().unwrap();
-    let fit = |name: &str, extra: &[&str]| {
-        let out = dir.path().join(name);
-        let run = Command::new(env!("CARGO_BIN_EXE_pathguard"))
-            .args(["fit-detector", "--device", "cpu", "--limit", "400", "--methods", "fgsm,pgd,pgd-early-stop", "--eps", "0.1"])
-            .args(["--pgd-steps", "5", "--model"])
-            .arg(crate::default_model_dir())
-            .args(extra)
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-        let checkpoint = Checkpoint::load(&crate::default_model_dir(), Device::Cpu).unwrap();
-        PathDetector::load(&out, checkpoint.model_hash()).unwrap()
-    };
-    let plain = fit("plain.json", &[]);
-    let benign = fit("benign.json", &["--benign-corruptions"]);
-    let record = benign.record.as_ref().unwrap();
-    assert!(record.benign_corruption_rows > 100, "{record:?}");
-    assert!(record.clean_rows > record.benign_corruption_rows, "clean rows include the corrupted ones");
-    assert_eq!(plain.record.as_ref().unwrap().benign_corruption_rows, 0);
-
-    let checkpoint = Checkpoint::load(&crate::default_model_dir(), Device::Cpu).unwrap();
-    let test = pathguard::data::fashion_mnist::load(&pathguard::data::fashion_mnist::default_dir(), pathguard::data::Split::Test)
-        .unwrap()
-        .take(200);
-    let noisy = pathguard::corruptions::find("gaussian-noise").unwrap().apply(&test.images, 2, 0).unwrap();
-    let out = tch::no_grad(|| checkpoint.model.forward_with_path(&noisy, pathguard::model::GateMode::Eval));
-    let flag_rate = |d: &PathDetector| d.score(&out).unwrap().iter().filter(|&&s| s >= d.threshold()).count();
-    let (p, b) = (flag_rate(&plain), flag_rate(&benign));
-    assert!(b < p, "noisy images flagged: {b}/200 with benign corruptions in the fit, {p}/200 without");
 }

@@ -11,6 +11,7 @@ mod detector;
 mod evaluation;
 mod fuzz;
 mod hostile;
+mod http;
 mod images;
 mod kserve;
 mod linking;

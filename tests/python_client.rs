@@ -90,11 +90,16 @@ async fn screen_cli_through_a_server_and_in_process_agree_and_gate_a_pipeline() 
     // floats may differ in the last digit).
     assert_eq!(local_records.len(), 12);
     for (r, l) in remote_records.iter().zip(&local_records) {
-        for key in ["id", "predicted_class", "predicted_name", "flagged", "threshold", "open_fraction", "template_deviation"] {
+        for key in ["id", "predicted_class", "predicted_name", "flagged", "threshold", "open_fraction", "template_deviation", "fired_by"] {
             assert_eq!(r[key], l[key], "{key}");
         }
         let (a, b) = (r["adversarial_score"].as_f64().unwrap(), l["adversarial_score"].as_f64().unwrap());
         assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        // The verdict says why: each expert's score, and (the shipped model has a
+        // distribution.json) how far out the image is.
+        assert_eq!(r["expert_scores"].as_object().unwrap().len(), 2, "{r}");
+        let (a, b) = (r["distribution_percentile"].as_f64().unwrap(), l["distribution_percentile"].as_f64().unwrap());
+        assert!((0.0..=1.0).contains(&a) && (a - b).abs() < 2e-3, "{a} vs {b}");
     }
 
     // CSV, and --fail-on-flag on PGD images: exit status 2.
@@ -104,7 +109,7 @@ async fn screen_cli_through_a_server_and_in_process_agree_and_gate_a_pipeline() 
         .output()
         .unwrap();
     let csv = String::from_utf8_lossy(&csv.stdout);
-    assert!(csv.starts_with("id,predicted_class,predicted_name,adversarial_score,flagged,threshold\n"), "{csv}");
+    assert!(csv.starts_with("id,predicted_class,predicted_name,adversarial_score,flagged,threshold,fired_by,distribution_percentile\n"), "{csv}");
     assert_eq!(csv.lines().count(), 13);
     let attack = pathguard()
         .args(["attack", "--device", "cpu", "--method", "pgd", "--eps", "0.1", "--steps", "20", "--limit", "16", "--out"])

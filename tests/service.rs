@@ -22,12 +22,14 @@ pub struct Server {
     child: Child,
     pub addr: SocketAddr,
     pub metrics: SocketAddr,
+    /// The HTTP address: Open Inference Protocol REST, the page, /metrics.
+    pub http: SocketAddr,
 }
 
 impl Server {
     pub fn start(extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pathguard"))
-            .args(["serve", "--device", "cpu", "--addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--model"])
+            .args(["serve", "--device", "cpu", "--addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--model"])
             .arg(crate::default_model_dir())
             .args(extra)
             .stdout(Stdio::piped())
@@ -35,7 +37,7 @@ impl Server {
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let (mut addr, mut metrics) = (None, None);
+        let (mut addr, mut metrics, mut http) = (None, None, None);
         while addr.is_none() {
             let line = lines.next().expect("server printed its address").unwrap();
             if let Some(a) = line.strip_prefix("pathguard listening on ") {
@@ -44,8 +46,16 @@ impl Server {
             if let Some(m) = line.strip_prefix("pathguard metrics on http://") {
                 metrics = Some(m.trim().trim_end_matches("/metrics").parse().unwrap());
             }
+            if let Some(h) = line.strip_prefix("pathguard http on http://") {
+                http = Some(h.trim().parse().unwrap());
+            }
         }
-        Server { child, addr: addr.unwrap(), metrics: metrics.expect("metrics address printed first") }
+        Server {
+            child,
+            addr: addr.unwrap(),
+            metrics: metrics.expect("metrics address printed first"),
+            http: http.expect("HTTP address printed first"),
+        }
     }
 
     pub fn url(&self) -> String {

@@ -4,6 +4,7 @@
 pub mod adaptive;
 pub mod bench;
 pub mod corrupt;
+pub mod distribution;
 pub mod explain;
 pub mod load_test;
 pub mod paths;

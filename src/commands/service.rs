@@ -53,6 +53,10 @@ pub struct ServeArgs {
     /// Prometheus metrics over HTTP (GET /metrics); "off" disables
     #[arg(long, default_value = "127.0.0.1:9090")]
     metrics_addr: String,
+    /// The Open Inference Protocol over HTTP/JSON (/v2/...), the screening page (/) and
+    /// /metrics; "off" disables
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    http_addr: String,
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
     /// Seconds the calls in flight get to finish after SIGINT/SIGTERM; those still running then
@@ -83,10 +87,14 @@ pub fn run_serve(args: ServeArgs) -> Result<()> {
         let text = info.to_string();
         tracing::error!(panic = %pathguard::service::bounded::message(&text), "caught a panic");
     }));
-    let metrics_addr = match args.metrics_addr.as_str() {
-        "off" | "" => None,
-        addr => Some(addr.parse::<SocketAddr>().with_context(|| format!("--metrics-addr {addr:?}"))?),
+    let optional_addr = |flag: &str, value: &str| -> Result<Option<SocketAddr>> {
+        match value {
+            "off" | "" => Ok(None),
+            addr => Ok(Some(addr.parse::<SocketAddr>().with_context(|| format!("{flag} {addr:?}"))?)),
+        }
     };
+    let metrics_addr = optional_addr("--metrics-addr", &args.metrics_addr)?;
+    let http_addr = optional_addr("--http-addr", &args.http_addr)?;
     if args.max_batch == 0 || args.queue == 0 || args.max_request_images == 0 {
         bail!("--max-batch, --queue and --max-request-images must be at least 1");
     }
@@ -110,6 +118,7 @@ pub fn run_serve(args: ServeArgs) -> Result<()> {
         device: parse_device(&args.device)?,
         limits,
         metrics_addr,
+        http_addr,
         shutdown_grace: Duration::from_secs_f64(args.shutdown_grace_s),
     };
     runtime()?.block_on(serve(options))?;

@@ -48,18 +48,62 @@ pub struct CorruptionReport {
     pub clean: Verdicts,
     pub rows: Vec<CorruptionRow>,
     pub separation: Vec<Separation>,
+    /// Which expert fires and how far from the training images, per group of images: what a
+    /// pipeline could route on.
+    #[serde(default)]
+    pub reasons: Vec<ReasonRow>,
     pub seconds: f64,
+}
+
+/// The reasons behind the verdicts of one group of images (clean, a severity pooled over
+/// every corruption, or an attack's misclassified images).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReasonRow {
+    pub group: String,
+    pub images: usize,
+    pub verdicts: Verdicts,
 }
 
 pub const CORRUPTION_REPORT_FILES: [&str; 3] = ["report.md", "report.json", "corruptions.png"];
 
-/// Scores of the images an attack misclassified.
-fn fooled_scores(screener: &Screener, data: &Dataset, params: &AttackParams) -> Result<Vec<f64>> {
+/// The verdicts of the images an attack misclassified.
+fn fooled(screener: &Screener, data: &Dataset, params: &AttackParams) -> Result<Verdicts> {
     let indices = Tensor::arange(data.len() as i64, (tch::Kind::Int64, Device::Cpu));
     let outcome = run_attack(&screener.checkpoint.model, screener.device, data, &indices, params, GateGradient::Surrogate, 128, true)?;
     let judged = verdicts(screener, &outcome.adversarial, &data.labels, 256)?;
     let labels = Vec::<i64>::try_from(&data.labels)?;
-    Ok(judged.scores.iter().zip(judged.predictions.iter().zip(&labels)).filter(|(_, (p, l))| p != l).map(|(&s, _)| s).collect())
+    let rows: Vec<usize> = (0..labels.len()).filter(|&i| judged.predictions[i] != labels[i]).collect();
+    Ok(judged.select(&rows, &labels, &expert_names(screener), screener.detector.threshold()))
+}
+
+fn expert_names(screener: &Screener) -> Vec<String> {
+    screener.detector.experts.iter().map(|e| e.name.clone()).collect()
+}
+
+/// Per-image verdicts of several image sets, pooled.
+#[derive(Default)]
+struct Pool {
+    predictions: Vec<i64>,
+    scores: Vec<f64>,
+    expert_scores: Vec<Vec<f64>>,
+    percentiles: Vec<Option<f64>>,
+    labels: Vec<i64>,
+}
+
+impl Pool {
+    fn add(&mut self, v: &Verdicts, labels: &[i64]) {
+        self.predictions.extend(&v.predictions);
+        self.scores.extend(&v.scores);
+        self.expert_scores.extend(v.expert_scores.iter().cloned());
+        self.percentiles.extend(&v.percentiles);
+        self.labels.extend(labels);
+    }
+
+    fn verdicts(self, screener: &Screener) -> Verdicts {
+        let labels = self.labels;
+        let threshold = screener.detector.threshold();
+        Verdicts::summarise(self.predictions, self.scores, self.expert_scores, self.percentiles, &labels, &expert_names(screener), threshold)
+    }
 }
 
 fn auroc(positive: &[f64], negative: &[f64]) -> Result<f64> {
@@ -85,18 +129,24 @@ pub fn corruption_report(
     let clean = verdicts(screener, &data.images, &data.labels, 256)?;
     let pgd_params = AttackParams { steps: Some(pgd_steps), random_start: true, seed, ..AttackParams::new("pgd", 0.1) };
     eprintln!("attacking {} images with PGD-{pgd_steps} eps 0.1, {} with C&W", data.len(), slow_limit.min(data.len()));
-    let pgd = fooled_scores(screener, data, &pgd_params)?;
-    let cw = if slow_limit == 0 { Vec::new() } else { fooled_scores(screener, &data.take(slow_limit), &AttackParams::new("cw", 0.0))? };
+    let pgd_verdicts = fooled(screener, data, &pgd_params)?;
+    let cw_verdicts = if slow_limit == 0 { None } else { Some(fooled(screener, &data.take(slow_limit), &AttackParams::new("cw", 0.0))?) };
+    let pgd = pgd_verdicts.scores.clone();
+    let cw = cw_verdicts.as_ref().map(|v| v.scores.clone()).unwrap_or_default();
+    let labels = Vec::<i64>::try_from(&data.labels)?;
     let mut rows = Vec::new();
     let mut pooled: Vec<Vec<f64>> = Vec::new();
+    let mut pools: Vec<Pool> = Vec::new();
     for corruption in &CORRUPTIONS {
         for severity in 1..=corruption.levels.len() {
             let corrupted = corruption.apply(&data.images, severity, seed)?;
             let judged = verdicts(screener, &corrupted, &data.labels, 256)?;
             if pooled.len() < severity {
                 pooled.resize(severity, Vec::new());
+                pools.resize_with(severity, Pool::default);
             }
             pooled[severity - 1].extend(judged.scores.iter().copied());
+            pools[severity - 1].add(&judged, &labels);
             eprintln!(
                 "{} severity {severity}: accuracy {:.3}, flagged {:.3}",
                 corruption.name, judged.accuracy, judged.flag_rate
@@ -137,6 +187,16 @@ pub fn corruption_report(
             });
         }
     }
+    let pgd_name_steps = format!("PGD eps 0.1 ({pgd_steps} steps), misclassified");
+    let mut reasons = vec![ReasonRow { group: "clean".into(), images: clean.scores.len(), verdicts: clean.clone() }];
+    for (severity, pool) in pools.into_iter().enumerate().take(2) {
+        let verdicts = pool.verdicts(screener);
+        reasons.push(ReasonRow { group: format!("all corruptions, severity {}", severity + 1), images: verdicts.scores.len(), verdicts });
+    }
+    reasons.push(ReasonRow { group: pgd_name_steps, images: pgd_verdicts.scores.len(), verdicts: pgd_verdicts });
+    if let Some(verdicts) = cw_verdicts {
+        reasons.push(ReasonRow { group: "C&W, misclassified".into(), images: verdicts.scores.len(), verdicts });
+    }
     Ok(CorruptionReport {
         command,
         model_hash: screener.checkpoint.model_hash().into(),
@@ -146,6 +206,7 @@ pub fn corruption_report(
         clean,
         rows,
         separation,
+        reasons,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -204,8 +265,30 @@ impl CorruptionReport {
             let against = if s.severity == 0 { "clean".to_string() } else { format!("all corruptions, severity {}", s.severity) };
             let _ = writeln!(md, "| {} | {} | {against} | {} | {:.3} |", s.attack, s.adversarial_images, s.corrupted_images, s.auroc);
         }
+        self.reasons_markdown(&mut md);
         let _ = writeln!(md, "\n`corruptions.png`: one test image under every corruption and severity, with each cell's flag rate.");
         md
+    }
+
+    /// Which expert fires and how far from the training images, per group of images.
+    fn reasons_markdown(&self, md: &mut String) {
+        use std::fmt::Write as _;
+        let Some(first) = self.reasons.first() else { return };
+        let experts: Vec<&String> = first.verdicts.fired.keys().collect();
+        let _ = writeln!(md, "\n## Why they are flagged: which expert fires, how far from the training images\n");
+        let _ = writeln!(
+            md,
+            "Share of each group's images: flagged; flagged by each expert alone; farther from the training \
+             distribution than {:.0}% of held-out clean training images (`far`, from distribution.json).\n",
+            crate::corruption_set::FAR_PERCENTILE * 100.0
+        );
+        let head: String = experts.iter().map(|e| format!(" {e} fires |")).collect();
+        let _ = writeln!(md, "| images | count | flagged |{head} far |\n|---|---|---|{}---|", "---|".repeat(experts.len()));
+        for r in &self.reasons {
+            let fired: String = experts.iter().map(|e| format!(" {:.3} |", r.verdicts.fired.get(*e).copied().unwrap_or(0.0))).collect();
+            let far = r.verdicts.far_rate.map(|f| format!("{f:.3}")).unwrap_or_else(|| "-".into());
+            let _ = writeln!(md, "| {} | {} | {:.3} |{fired} {far} |", r.group, r.images, r.verdicts.flag_rate);
+        }
     }
 
     pub fn write(&self, out: &std::path::Path, example: &Tensor) -> Result<()> {

@@ -95,6 +95,25 @@ impl FeatureSpec {
         format!("column {j}")
     }
 
+    /// The gated layer column `j` describes (none for the output columns: softmax, margin,
+    /// entropy).
+    pub fn column_layer(&self, j: usize, layer_sizes: &[usize]) -> Option<usize> {
+        if j < self.names.len() {
+            let name = &self.names[j];
+            return name.strip_suffix(']').and_then(|n| n.rsplit_once('[')).and_then(|(_, l)| l.parse().ok());
+        }
+        // A path bit or a gate logit: its index within the concatenated layers.
+        let k = j - self.names.len();
+        let mut k = if k < self.path_bits { k } else { k - self.path_bits };
+        for (layer, &size) in layer_sizes.iter().enumerate() {
+            if k < size {
+                return Some(layer);
+            }
+            k -= size;
+        }
+        None
+    }
+
     /// Feature rows of an eval-mode forward pass.
     pub fn rows(&self, out: &ForwardOutput, templates: &PathTemplates) -> Array2<f64> {
         let statistics = (!self.names.is_empty()).then(|| path_feature_tensor(out, templates));

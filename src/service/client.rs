@@ -239,6 +239,14 @@ pub struct Record {
     pub probabilities: Vec<f32>,
     pub open_fraction: Vec<f32>,
     pub template_deviation: Vec<f32>,
+    /// The detector experts whose score alone reaches the threshold.
+    pub fired_by: Vec<String>,
+    /// Each expert's score, by name.
+    pub expert_scores: std::collections::BTreeMap<String, f32>,
+    /// Share of held-out clean training images closer to the training distribution (absent
+    /// when the model has no distribution.json).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distribution_percentile: Option<f32>,
 }
 
 impl Record {
@@ -258,12 +266,15 @@ impl Record {
                     probabilities: r.probabilities.clone(),
                     open_fraction: path.open_fraction,
                     template_deviation: path.template_deviation,
+                    fired_by: r.experts.iter().filter(|e| e.fired).map(|e| e.name.clone()).collect(),
+                    expert_scores: r.experts.iter().map(|e| (e.name.clone(), e.score)).collect(),
+                    distribution_percentile: r.distribution.as_ref().map(|d| d.percentile),
                 }
             })
             .collect()
     }
 
-    pub const CSV_HEADER: &'static str = "id,predicted_class,predicted_name,adversarial_score,flagged,threshold";
+    pub const CSV_HEADER: &'static str = "id,predicted_class,predicted_name,adversarial_score,flagged,threshold,fired_by,distribution_percentile";
 
     pub fn csv_row(&self) -> String {
         let quote = |s: &str| {
@@ -274,13 +285,16 @@ impl Record {
             }
         };
         format!(
-            "{},{},{},{:.6},{},{:.6}",
+            "{},{},{},{:.6},{},{:.6},{},{}",
             quote(&self.id),
             self.predicted_class,
             quote(&self.predicted_name),
             self.adversarial_score,
             self.flagged,
-            self.threshold
+            self.threshold,
+            // Several experts are joined with '+', so the column needs no quoting.
+            self.fired_by.join("+"),
+            self.distribution_percentile.map(|p| format!("{p:.4}")).unwrap_or_default()
         )
     }
 }

@@ -54,6 +54,11 @@ impl Drain {
         *self.in_flight.borrow()
     }
 
+    /// Whether a shutdown has begun (readiness probes answer "not ready" from then on).
+    pub fn stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
     /// Stops admitting new calls.
     pub fn begin(&self) {
         self.stopping.send_replace(true);

@@ -17,8 +17,8 @@ use super::input::{decode_images_blocking, float32_bytes};
 use super::metrics::Metrics;
 use super::proto::screening_server::Screening;
 use super::proto::{
-    AttackRequest, AttackResponse, AttackedImage, DataType, GatedLayer, GetInfoRequest, GetInfoResponse, ImageResult,
-    Limits as LimitsMessage, PathSummary, ScreenRequest, ScreenResponse, Tensor as TensorMessage,
+    AttackRequest, AttackResponse, AttackedImage, DataType, ExpertScore, GatedLayer, GetInfoRequest, GetInfoResponse, ImageResult,
+    Limits as LimitsMessage, PathSummary, ScreenRequest, ScreenResponse, Tensor as TensorMessage, TrainingDistance,
 };
 use super::worker::Workers;
 use crate::attack_set::{AttackParams, METHODS};
@@ -84,7 +84,14 @@ impl ScreeningService {
                         template_deviation: s.template_deviation,
                         packed_bits: if request.return_path_bits { pack_bits(&s.path) } else { Vec::new() },
                         bit_count: s.path.len() as u32,
+                        layer_evidence: s.layer_evidence.iter().map(|&e| e as f32).collect(),
                     }),
+                    experts: (workers.info.expert_names.iter().zip(&s.expert_scores))
+                        .map(|(name, &score)| ExpertScore { name: name.clone(), score: score as f32, fired: score >= threshold })
+                        .collect(),
+                    distribution: s
+                        .distribution
+                        .map(|d| TrainingDistance { distance: d.distance, percentile: d.percentile as f32 }),
                 }
             })
             .collect();

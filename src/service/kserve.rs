@@ -112,7 +112,7 @@ fn tensor_metadata(name: &str, datatype: &str, shape: &[i64]) -> TensorMetadata 
 }
 
 impl InferenceService {
-    async fn infer(&self, request: ModelInferRequest, deadline: Option<Instant>) -> Result<ModelInferResponse, Status> {
+    pub(crate) async fn infer(&self, request: ModelInferRequest, deadline: Option<Instant>) -> Result<ModelInferResponse, Status> {
         check_model(&request.model_name, &request.model_version)?;
         let outputs = requested_outputs(&request)?;
         let images = input_images(&request)?;

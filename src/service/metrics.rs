@@ -142,13 +142,9 @@ pub fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
-/// Serves `GET /metrics` on `addr` until `shutdown` resolves.
-pub async fn serve_metrics(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let app = axum::Router::new().route(
+/// The `GET /metrics` route.
+pub fn routes(metrics: Arc<Metrics>) -> axum::Router {
+    axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let metrics = metrics.clone();
@@ -156,8 +152,16 @@ pub async fn serve_metrics(
                 ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render())
             }
         }),
-    );
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    )
+}
+
+/// Serves `GET /metrics` on `addr` until `shutdown` resolves.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, routes(metrics)).with_graceful_shutdown(shutdown).await
 }
 
 /// Binds the metrics listener (a clear error when the port is taken).

@@ -15,6 +15,8 @@ pub mod input;
 pub mod kserve;
 pub mod limits;
 pub mod metrics;
+pub mod page;
+pub mod rest;
 pub mod server;
 pub mod worker;
 

@@ -29,6 +29,8 @@ pub struct ServeOptions {
     pub device: Device,
     pub limits: Limits,
     pub metrics_addr: Option<SocketAddr>,
+    /// The Open Inference Protocol over HTTP/JSON, the page and /metrics.
+    pub http_addr: Option<SocketAddr>,
     /// After a shutdown signal, how long the calls in flight may take before they are answered
     /// UNAVAILABLE and the server exits.
     pub shutdown_grace: std::time::Duration,
@@ -88,6 +90,13 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
                 tracing::error!(error = %e, "metrics endpoint failed");
             }
         });
+    }
+    let http_listener = match options.http_addr {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(io(format!("binding HTTP {addr}")))?),
+        None => None,
+    };
+    if let Some(l) = &http_listener {
+        println!("pathguard http on http://{}", l.local_addr().map_err(io("HTTP address".into()))?);
     }
     // Tests and scripts read this line to learn the port (with --addr 127.0.0.1:0).
     println!("pathguard listening on {local}");
@@ -152,6 +161,20 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
     let (failure_tx, mut failure_rx) = tokio::sync::mpsc::channel::<Error>(1);
     let (stop_transport, transport_stopping) = tokio::sync::watch::channel(false);
     let grace = options.shutdown_grace;
+    if let Some(listener) = http_listener {
+        let app = super::rest::routes(InferenceService { screening: service.clone() }, max_bytes)
+            .merge(super::page::routes(service.clone(), max_bytes))
+            .merge(super::metrics::routes(service.metrics.clone()));
+        let mut stopping = transport_stopping.clone();
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stopping.wait_for(|&s| s).await;
+            };
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+                tracing::error!(error = %e, "HTTP endpoint failed");
+            }
+        });
+    }
     {
         let (health, drain) = (health.clone(), service.drain.clone());
         tokio::spawn(async move {

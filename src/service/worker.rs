@@ -31,6 +31,10 @@ pub struct ModelInfo {
     pub threshold: f64,
     pub detector_kind: String,
     pub detector_hash: String,
+    /// The detector's experts, in the order of `Screened::expert_scores`.
+    pub expert_names: Vec<String>,
+    /// Per class, how often clean images switch each filter on (the detector's templates).
+    pub templates: Vec<Vec<f32>>,
     pub device: String,
 }
 
@@ -231,6 +235,8 @@ fn model_info(s: &Screener) -> ModelInfo {
             s.detector.experts.iter().map(|e| format!("{}, {} features", e.name, e.features.len())).collect::<Vec<_>>().join("; ")
         ),
         detector_hash: crate::model::checkpoint::sha256_hex(&detector_json),
+        expert_names: s.detector.experts.iter().map(|e| e.name.clone()).collect(),
+        templates: s.detector.templates.frequencies.clone(),
         device: crate::device::device_name(s.device),
     }
 }
