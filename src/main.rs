@@ -110,6 +110,10 @@ struct EvaluateArgs {
     /// The attack whose ROC curves roc.png shows (a name prefix)
     #[arg(long, default_value = "pgd eps 0.1")]
     roc_attack: String,
+    /// Test images (the first N) of the benign-corruption table written to OUT/corruptions
+    /// (every corruption and severity, as `pathguard corruption-report`); 0 skips it
+    #[arg(long, default_value_t = 1000)]
+    corruption_limit: usize,
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
     #[arg(long, default_value_t = 0)]
@@ -714,6 +718,24 @@ fn run_evaluate(args: EvaluateArgs) -> Result<()> {
     write_report(&args.out, &report, &roc)?;
     println!("{}", report.to_markdown());
     println!("wrote {}", args.out.display());
+    let corruption_images = args.corruption_limit.min(inputs.test.len());
+    if corruption_images > 0 && inputs.shipped.is_some() {
+        // Benign corruptions against the same detector, with its stored threshold.
+        let screener = pathguard::screener::Screener::load(&args.model, device)?;
+        let test = inputs.test.take(corruption_images);
+        let corruptions = pathguard::evaluation::corruptions::corruption_report(
+            &screener,
+            &test,
+            args.pgd_steps,
+            args.slow_limit.min(corruption_images),
+            args.seed,
+            options.command.clone(),
+        )?;
+        let out = args.out.join("corruptions");
+        corruptions.write(&out, &test.images.get(0))?;
+        println!("{}", corruptions.to_markdown());
+        println!("wrote {}", out.display());
+    }
     Ok(())
 }
 

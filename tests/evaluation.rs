@@ -37,13 +37,20 @@ fn evaluate_writes_the_report_with_every_detector_and_the_cross_attack_matrix() 
     let out = dir.path().join("report");
     let run = Command::new(env!("CARGO_BIN_EXE_pathguard"))
         .args(["evaluate", "--device", "cpu", "--limit", "80", "--train-limit", "160", "--slow-limit", "12"])
-        .args(["--eps", "0.1", "--pgd-steps", "5", "--model"])
+        .args(["--eps", "0.1", "--pgd-steps", "5", "--corruption-limit", "30", "--model"])
         .arg(crate::default_model_dir())
         .arg("--out")
         .arg(&out)
         .output()
         .unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    // The benign-corruption table beside it: every corruption and severity, and the reasons.
+    let corruptions: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("corruptions/report.json")).unwrap()).unwrap();
+    let expected: usize = pathguard::corruptions::CORRUPTIONS.iter().map(|c| c.levels.len()).sum();
+    assert_eq!(corruptions["rows"].as_array().unwrap().len(), expected);
+    assert_eq!(corruptions["images"], 30);
+    assert!(corruptions["reasons"].as_array().unwrap().len() >= 4, "{}", corruptions["reasons"]);
     for file in pathguard::evaluation::REPORT_FILES {
         assert!(std::fs::metadata(out.join(file)).unwrap().len() > 200, "{file}");
     }
