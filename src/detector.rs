@@ -63,6 +63,11 @@ impl PathExpert {
     }
 }
 
+/// The rows `expert` reads of a forward pass, from its path statistics computed once.
+fn expert_rows(expert: &PathExpert, statistics: &tch::Tensor, out: &ForwardOutput) -> Array2<f64> {
+    to_ndarray(&expert.features.tensor_rows(Some(statistics), out))
+}
+
 /// Noisy-OR of expert scores: 1 - prod(1 - s).
 pub fn noisy_or(scores: &[Array1<f64>]) -> Array1<f64> {
     let n = scores.first().map(|s| s.len()).unwrap_or(0);
@@ -105,12 +110,15 @@ impl PathDetector {
 
     /// Adversarial scores in [0, 1] for an eval-mode forward pass.
     pub fn score(&self, out: &ForwardOutput) -> Result<Array1<f64>> {
-        Ok(noisy_or(&self.read(out)?.expert_scores))
+        let statistics = crate::path::features::path_feature_tensor(out, &self.templates);
+        let scores = self.experts.iter().map(|e| e.score_rows(&expert_rows(e, &statistics, out))).collect::<Result<Vec<_>>>()?;
+        Ok(noisy_or(&scores))
     }
 
-    /// What the detector reads of a forward pass: each expert's scores (the adversarial score
-    /// is their [`noisy_or`]), the path statistics (see [`crate::path::features`], computed
-    /// once for the experts and the caller's path summaries) and each layer's evidence.
+    /// What the screener reports of a forward pass: each expert's scores (the adversarial
+    /// score is their [`noisy_or`]), the path statistics (see [`crate::path::features`],
+    /// computed once for the experts and the caller's path summaries) and each layer's
+    /// evidence.
     pub fn read(&self, out: &ForwardOutput) -> Result<Reading> {
         let statistics = crate::path::features::path_feature_tensor(out, &self.templates);
         let sizes: Vec<usize> = self.templates.layer_sizes.iter().map(|&s| s as usize).collect();
@@ -118,7 +126,7 @@ impl PathDetector {
         let mut layer_evidence = Array2::<f64>::zeros((n, sizes.len()));
         let mut expert_scores = Vec::with_capacity(self.experts.len());
         for e in &self.experts {
-            let rows = to_ndarray(&e.features.tensor_rows(Some(&statistics), out));
+            let rows = expert_rows(e, &statistics, out);
             expert_scores.push(e.score_rows(&rows)?);
             // A logistic expert's logit is intercept + sum_j w_j x_j over standardised columns:
             // the part of that sum from one layer's columns is that layer's exact share.

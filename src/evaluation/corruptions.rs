@@ -131,22 +131,17 @@ pub fn corruption_report(
     eprintln!("attacking {} images with PGD-{pgd_steps} eps 0.1, {} with C&W", data.len(), slow_limit.min(data.len()));
     let pgd_verdicts = fooled(screener, data, &pgd_params)?;
     let cw_verdicts = if slow_limit == 0 { None } else { Some(fooled(screener, &data.take(slow_limit), &AttackParams::new("cw", 0.0))?) };
-    let pgd = pgd_verdicts.scores.clone();
-    let cw = cw_verdicts.as_ref().map(|v| v.scores.clone()).unwrap_or_default();
     let labels = Vec::<i64>::try_from(&data.labels)?;
     let mut rows = Vec::new();
-    let mut pooled: Vec<Vec<f64>> = Vec::new();
-    let mut pools: Vec<Pool> = Vec::new();
+    // Severities 1 and 2 pooled over every corruption: the "mild" changes of the goals.
+    let mut pools: [Pool; 2] = Default::default();
     for corruption in &CORRUPTIONS {
         for severity in 1..=corruption.levels.len() {
             let corrupted = corruption.apply(&data.images, severity, seed)?;
             let judged = verdicts(screener, &corrupted, &data.labels, 256)?;
-            if pooled.len() < severity {
-                pooled.resize(severity, Vec::new());
-                pools.resize_with(severity, Pool::default);
+            if let Some(pool) = pools.get_mut(severity - 1) {
+                pool.add(&judged, &labels);
             }
-            pooled[severity - 1].extend(judged.scores.iter().copied());
-            pools[severity - 1].add(&judged, &labels);
             eprintln!(
                 "{} severity {severity}: accuracy {:.3}, flagged {:.3}",
                 corruption.name, judged.accuracy, judged.flag_rate
@@ -157,14 +152,17 @@ pub fn corruption_report(
                 level: corruption.level(severity)?,
                 unit: corruption.unit.into(),
                 mean_change: (&corrupted - &data.images).abs().mean(tch::Kind::Float).double_value(&[]),
-                auroc_pgd_vs_corrupted: auroc(&pgd, &judged.scores)?,
+                auroc_pgd_vs_corrupted: auroc(&pgd_verdicts.scores, &judged.scores)?,
                 verdicts: judged,
             });
         }
     }
+    let pooled: Vec<Verdicts> = pools.into_iter().map(|p| p.verdicts(screener)).collect();
+    let no_scores = Vec::new();
+    let cw = cw_verdicts.as_ref().map(|v| &v.scores).unwrap_or(&no_scores);
     let mut separation = Vec::new();
     let pgd_name = format!("pgd eps 0.1 ({pgd_steps} steps)");
-    for (attack, scores) in [(pgd_name.as_str(), &pgd), ("cw kappa 0 (100 steps x 3 searches)", &cw)] {
+    for (attack, scores) in [(pgd_name.as_str(), &pgd_verdicts.scores), ("cw kappa 0 (100 steps x 3 searches)", cw)] {
         if !scores.is_empty() {
             separation.push(Separation {
                 attack: attack.into(),
@@ -174,24 +172,23 @@ pub fn corruption_report(
                 auroc: auroc(scores, &clean.scores)?,
             });
         }
-        for severity in [1usize, 2] {
-            if scores.is_empty() || pooled.len() < severity {
+        for (i, corrupted) in pooled.iter().enumerate() {
+            if scores.is_empty() || corrupted.scores.is_empty() {
                 continue;
             }
             separation.push(Separation {
                 attack: attack.into(),
                 adversarial_images: scores.len(),
-                severity,
-                corrupted_images: pooled[severity - 1].len(),
-                auroc: auroc(scores, &pooled[severity - 1])?,
+                severity: i + 1,
+                corrupted_images: corrupted.scores.len(),
+                auroc: auroc(scores, &corrupted.scores)?,
             });
         }
     }
     let pgd_name_steps = format!("PGD eps 0.1 ({pgd_steps} steps), misclassified");
     let mut reasons = vec![ReasonRow { group: "clean".into(), images: clean.scores.len(), verdicts: clean.clone() }];
-    for (severity, pool) in pools.into_iter().enumerate().take(2) {
-        let verdicts = pool.verdicts(screener);
-        reasons.push(ReasonRow { group: format!("all corruptions, severity {}", severity + 1), images: verdicts.scores.len(), verdicts });
+    for (i, verdicts) in pooled.into_iter().enumerate() {
+        reasons.push(ReasonRow { group: format!("all corruptions, severity {}", i + 1), images: verdicts.scores.len(), verdicts });
     }
     reasons.push(ReasonRow { group: pgd_name_steps, images: pgd_verdicts.scores.len(), verdicts: pgd_verdicts });
     if let Some(verdicts) = cw_verdicts {
