@@ -11,7 +11,7 @@ use pathguard::attack_set::{run_attack, run_attack_until, write_attack_set, Atta
 use pathguard::detector::{PathDetector, DETECTOR_FILE};
 use pathguard::detector_fit::{fit_path_detector, FitOptions};
 use pathguard::device::{device_name, parse_device};
-use pathguard::model::{Checkpoint, LossWeights, ModelConfig};
+use pathguard::model::{Checkpoint, Execution, LossWeights, ModelConfig};
 use pathguard::train::{evaluate, recalibrate_batchnorm, train, EvalReport, Recipe, TrainOptions, TrainingRecord};
 
 #[derive(Parser)]
@@ -347,6 +347,9 @@ struct EvalArgs {
     limit: Option<usize>,
     #[arg(long, default_value_t = 500)]
     batch_size: usize,
+    /// How the model runs: dense (every filter), gated (only each input's path) or auto
+    #[arg(long, value_enum, default_value_t = Execution::Auto)]
+    execution: Execution,
     /// Print the report as JSON on stdout
     #[arg(long)]
     json: bool,
@@ -481,13 +484,14 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     let device = parse_device(&args.data.device)?;
     let checkpoint = Checkpoint::load(&args.model, device)?;
     let test_set = load_split(&args.data, Split::Test, args.limit)?;
-    let report = evaluate(&checkpoint.model, &test_set, device, args.batch_size, !args.json)?;
+    let report = evaluate(&checkpoint.model, &test_set, device, args.batch_size, !args.json, args.execution)?;
     if args.json {
         let json = serde_json::json!({
             "model": args.model,
             "model_hash": checkpoint.model_hash(),
             "device": device_name(device),
             "split": "test",
+            "execution": args.execution,
             "report": report,
         });
         println!("{}", serde_json::to_string_pretty(&json)?);
@@ -745,9 +749,9 @@ fn run_recalibrate(args: RecalibrateArgs) -> Result<()> {
     let train_set = load_split(&args.data, Split::Train, None)?;
     let test_set = load_split(&args.data, Split::Test, None)?;
     tch::manual_seed(args.seed);
-    let before = evaluate(&checkpoint.model, &test_set, device, 500, false)?;
+    let before = evaluate(&checkpoint.model, &test_set, device, 500, false, Execution::Auto)?;
     recalibrate_batchnorm(&checkpoint.model, &train_set, device, args.batch_size)?;
-    let after = evaluate(&checkpoint.model, &test_set, device, 500, false)?;
+    let after = evaluate(&checkpoint.model, &test_set, device, 500, false, Execution::Auto)?;
     println!(
         "test accuracy {:.4} -> {:.4}, mean open fraction {:.3} -> {:.3}",
         before.accuracy, after.accuracy, before.mean_open_fraction, after.mean_open_fraction

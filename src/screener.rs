@@ -9,7 +9,7 @@ use tch::{Device, Kind, Tensor};
 use crate::detector::{noisy_or, PathDetector, DETECTOR_FILE};
 use crate::distribution::{Distance, TrainingDistribution, DISTRIBUTION_FILE};
 use crate::error::{Error, Result};
-use crate::model::{Checkpoint, GateMode};
+use crate::model::{Checkpoint, Execution, Inference};
 
 /// What screening says about one image.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +54,8 @@ pub struct Screener {
     /// The training distribution, when `distribution.json` is beside the model.
     pub distribution: Option<TrainingDistribution>,
     pub device: Device,
+    /// How the forward pass runs (auto unless `with_execution` says otherwise).
+    pub inference: Inference,
 }
 
 impl Screener {
@@ -74,7 +76,14 @@ impl Screener {
         } else {
             None
         };
-        Ok(Screener { checkpoint, detector, distribution, device })
+        let inference = Inference::new(&checkpoint.model, Execution::Auto)?;
+        Ok(Screener { checkpoint, detector, distribution, device, inference })
+    }
+
+    /// Runs the forward pass `execution`'s way.
+    pub fn with_execution(mut self, execution: Execution) -> Result<Self> {
+        self.inference = Inference::new(&self.checkpoint.model, execution)?;
+        Ok(self)
     }
 
     pub fn class_names(&self) -> &[String] {
@@ -89,8 +98,7 @@ impl Screener {
     pub fn screen(&self, images: &Tensor) -> Result<Vec<Screened>> {
         let model = &self.checkpoint.model;
         let x = images.to_device(self.device);
-        model.check_input(&x)?;
-        let out = tch::no_grad(|| model.forward_with_path(&x, GateMode::Eval));
+        let out = self.inference.forward(model, &x)?;
         let reading = self.detector.read(&out)?;
         let (expert_scores, rows) = (&reading.expert_scores, &reading.statistics);
         let scores = noisy_or(expert_scores);

@@ -9,7 +9,7 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::gate::GateMode;
 use crate::model::losses::decoupling_loss;
-use crate::model::{DecoupledCnn, LossWeights};
+use crate::model::{DecoupledCnn, Execution, Inference, LossWeights};
 use crate::path::{class_templates, off_diagonal_mean_min, template_hamming};
 use crate::progress;
 
@@ -248,7 +248,7 @@ pub fn train(
             }
             bar.finish_and_clear();
             let train_seconds = started.elapsed().as_secs_f64();
-            let test = evaluate(model, test_set, device, 500, false)?;
+            let test = evaluate(model, test_set, device, 500, false, Execution::Dense)?;
             let metrics = EpochMetrics {
                 epoch,
                 phase: match mode {
@@ -337,13 +337,15 @@ fn random_shift(x: &Tensor, max: i64) -> Tensor {
     x.grid_sampler(&grid, 1, 0, false)
 }
 
-/// Evaluates `model` on `data` with eval-mode (hard) gates.
+/// Evaluates `model` on `data` with eval-mode (hard) gates, the forward pass run
+/// `execution`'s way.
 pub fn evaluate(
     model: &DecoupledCnn,
     data: &Dataset,
     device: Device,
     batch_size: usize,
     show_progress: bool,
+    execution: Execution,
 ) -> Result<EvalReport> {
     if data.is_empty() {
         return Err(Error::Config("cannot evaluate on an empty data set".into()));
@@ -351,6 +353,7 @@ pub fn evaluate(
     let config = model.config();
     let macs = config.conv_macs();
     let total_macs: f64 = macs.iter().sum();
+    let inference = Inference::new(model, execution)?;
     let started = Instant::now();
     let n = data.len() as i64;
     let batch = batch_size.max(1) as i64;
@@ -365,7 +368,7 @@ pub fn evaluate(
         let len = batch.min(n - start);
         let x = data.images.narrow(0, start, len).to_device(device);
         let y = data.labels.narrow(0, start, len).to_device(device);
-        let out = tch::no_grad(|| model.forward_with_path(&x, GateMode::Eval));
+        let out = inference.forward(model, &x)?;
         correct += out.logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
         flops_sum += path_macs(config, &macs, &out.gates).sum(Kind::Double).double_value(&[]);
         paths.push(out.path().to_device(Device::Cpu));

@@ -9,6 +9,7 @@ mod corruptions;
 mod data;
 mod detector;
 mod evaluation;
+mod gated_execution;
 mod fuzz;
 mod hostile;
 mod http;

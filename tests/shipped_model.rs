@@ -1,7 +1,7 @@
 //! The shipped default model meets the foundation issue's bar on the real test split.
 
 use pathguard::data::fashion_mnist::{self, default_dir, Split};
-use pathguard::model::Checkpoint;
+use pathguard::model::{Checkpoint, Execution};
 use pathguard::train::evaluate;
 use tch::{Device, Kind};
 
@@ -9,7 +9,7 @@ use tch::{Device, Kind};
 fn shipped_model_reaches_93_percent_with_sparse_class_dependent_paths() {
     let checkpoint = Checkpoint::load(&crate::default_model_dir(), Device::Cpu).unwrap();
     let test = fashion_mnist::load(&default_dir(), Split::Test).unwrap();
-    let report = evaluate(&checkpoint.model, &test, Device::Cpu, 500, false).unwrap();
+    let report = evaluate(&checkpoint.model, &test, Device::Cpu, 500, false, Execution::Auto).unwrap();
     assert_eq!(report.examples, 10_000);
     assert!(report.accuracy >= 0.93, "test accuracy {}", report.accuracy);
     assert!(report.mean_open_fraction <= 0.6, "mean open fraction {}", report.mean_open_fraction);

@@ -15,15 +15,19 @@ use pathguard::detector_fit::{fit_experts, fit_templates};
 use pathguard::evaluation::{labelled_scores, standard_attacks};
 use pathguard::data::{fashion_mnist, Split};
 use pathguard::device::parse_device;
-use pathguard::model::Checkpoint;
+use pathguard::model::{Checkpoint, Execution, Inference, Strategy};
 use pathguard::screener::Screener;
 use pathguard::train::{train, TrainOptions};
 use tch::{Device, Kind, Tensor};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum What {
-    /// Eval-mode forward pass (logits and path)
+    /// Eval-mode forward pass (logits, path and the MI-head logits the detector reads)
     Forward,
+    /// Dense and gated execution side by side in one process: per batch size (--batches),
+    /// the strategies alternate over the same images (--repeats rounds); images/s of each,
+    /// and how far the gated outputs are from the dense ones
+    Execution,
     /// Forward + path features + detector score (what the server computes per image)
     Screen,
     Fgsm,
@@ -62,6 +66,12 @@ pub struct BenchArgs {
     gates: GateGradient,
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// How `forward` and `screen` run the model
+    #[arg(long, value_enum, default_value_t = Execution::Auto)]
+    execution: Execution,
+    /// Batch sizes `execution` compares
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,128")]
+    batches: Vec<usize>,
     /// Training images for `detect` (the first N)
     #[arg(long, default_value_t = 1000)]
     train_images: usize,
@@ -99,13 +109,15 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
     let json = match args.what {
         What::Forward => {
             let checkpoint = Checkpoint::load(&args.model, device)?;
+            let inference = Inference::new(&checkpoint.model, args.execution)?;
             let rates = (0..args.repeats)
-                .map(|_| batches(&mut |x| checkpoint.model.predict(x).map(|_| ()).map_err(Into::into)))
+                .map(|_| batches(&mut |x| inference.forward(&checkpoint.model, x).map(|_| ()).map_err(Into::into)))
                 .collect::<Result<Vec<_>>>()?;
-            serde_json::json!({ "images_per_second": median(rates) })
+            serde_json::json!({ "images_per_second": median(rates), "execution": args.execution })
         }
+        What::Execution => compare_execution(&args, device, &test)?,
         What::Screen => {
-            let screener = Screener::load(&args.model, device)?;
+            let screener = Screener::load(&args.model, device)?.with_execution(args.execution)?;
             let rates = (0..args.repeats)
                 .map(|_| batches(&mut |x| screener.screen(x).map(|_| ()).map_err(Into::into)))
                 .collect::<Result<Vec<_>>>()?;
@@ -205,4 +217,66 @@ fn detect(args: &BenchArgs, device: Device, test: &Dataset, out: &Path) -> Resul
         std::fs::write(dir.join("attacks.json"), attacks_json.to_string()).map_err(|e| fail("attacks.json", e.to_string()))
     })?;
     Ok(serde_json::json!({ "train_clean": train_clean.len(), "train_adversarial": views.iter().map(|v| v.nrows()).sum::<usize>(), "test": attacks_json["test"] }))
+}
+
+/// `bench execution`: the three strategies of [`Inference`] in one process on the same images,
+/// alternating round by round so that drifts of the machine's speed hit all of them alike.
+fn compare_execution(args: &BenchArgs, device: Device, test: &Dataset) -> Result<serde_json::Value> {
+    let checkpoint = Checkpoint::load(&args.model, device)?;
+    let model = &checkpoint.model;
+    let inference = Inference::new(model, Execution::Gated)?;
+    let strategies = [Strategy::Dense, Strategy::GatedUnion, Strategy::GatedEach];
+    let n = test.len() as i64;
+    let run = |strategy: Strategy, batch: usize| -> Result<Vec<pathguard::model::ForwardOutput>> {
+        (0..n)
+            .step_by(batch)
+            .map(|start| {
+                let x = test.images.narrow(0, start, (batch as i64).min(n - start)).to_device(device);
+                Ok(inference.forward_with(model, &x, strategy)?)
+            })
+            .collect()
+    };
+    let mut rows = Vec::new();
+    for &batch in &args.batches {
+        if batch == 0 {
+            bail!("--batches must be at least 1");
+        }
+        let mut seconds = [0.0f64; 3];
+        for _ in 0..args.repeats {
+            for (k, &strategy) in strategies.iter().enumerate() {
+                let started = Instant::now();
+                run(strategy, batch)?;
+                seconds[k] += started.elapsed().as_secs_f64();
+            }
+        }
+        let rate = |k: usize| (n as usize * args.repeats) as f64 / seconds[k];
+        eprintln!("batch {batch}: dense {:.0}, gated union {:.0}, gated each {:.0} images/s", rate(0), rate(1), rate(2));
+        rows.push(serde_json::json!({
+            "batch": batch, "dense": rate(0), "gated_union": rate(1), "gated_each": rate(2),
+            "union_over_dense": rate(1) / rate(0), "each_over_dense": rate(2) / rate(0),
+        }));
+    }
+    // Agreement at the largest batch: the union pass is where gates of other inputs matter.
+    let batch = args.batches.iter().copied().max().unwrap_or(1);
+    let cat = |outs: &[pathguard::model::ForwardOutput], pick: &dyn Fn(&pathguard::model::ForwardOutput) -> Tensor| {
+        Tensor::cat(&outs.iter().map(pick).collect::<Vec<_>>(), 0)
+    };
+    let dense = run(Strategy::Dense, batch)?;
+    let (dense_logits, dense_paths) = (cat(&dense, &|o| o.logits.shallow_clone()), cat(&dense, &|o| o.path()));
+    let mut agreement = serde_json::Map::new();
+    for strategy in [Strategy::GatedUnion, Strategy::GatedEach] {
+        let outs = run(strategy, batch)?;
+        let logits = cat(&outs, &|o| o.logits.shallow_clone());
+        let paths = cat(&outs, &|o| o.path());
+        let differing = paths.ne_tensor(&dense_paths).any_dim(1, false).sum(Kind::Int64).int64_value(&[]);
+        agreement.insert(
+            serde_json::to_value(strategy)?.as_str().unwrap_or("gated").to_string(),
+            serde_json::json!({
+                "max_abs_logit_difference": (logits - &dense_logits).abs().max().double_value(&[]),
+                "inputs_whose_path_differs": differing,
+                "inputs": n,
+            }),
+        );
+    }
+    Ok(serde_json::json!({ "images": n, "rounds": args.repeats, "rows": rows, "agreement_with_dense": agreement }))
 }

@@ -9,7 +9,7 @@ use clap::Args;
 use pathguard::compact::{compact, filter_usage, parameter_count, uses_only_kept};
 use pathguard::data::{fashion_mnist, Split};
 use pathguard::device::parse_device;
-use pathguard::model::{Checkpoint, GateMode};
+use pathguard::model::{Checkpoint, Execution, GateMode};
 use pathguard::train::evaluate;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
@@ -78,7 +78,7 @@ fn throughput(checkpoint: &Checkpoint, images: &Tensor, device: Device) -> f64 {
 }
 
 fn figures(checkpoint: &Checkpoint, test: &fashion_mnist::Dataset, device: Device, rate: f64) -> Result<ModelFigures> {
-    let report = evaluate(&checkpoint.model, test, device, 500, false)?;
+    let report = evaluate(&checkpoint.model, test, device, 500, false, Execution::Auto)?;
     let dense: f64 = checkpoint.model.config().conv_macs().iter().sum();
     Ok(ModelFigures {
         parameters: parameter_count(checkpoint),

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use pathguard::device::parse_device;
+use pathguard::model::Execution;
 use pathguard::service::client::{collect_inputs, request_for, Backend, Record};
 use pathguard::service::grpc::ScreeningService;
 use pathguard::service::limits::Limits;
@@ -34,6 +35,10 @@ pub struct ServeArgs {
     /// auto (GPU if CUDA works), cpu, cuda or cuda:N
     #[arg(long, default_value = "auto")]
     device: String,
+    /// How the model runs: dense (every filter), gated (only each input's path) or auto
+    /// (gated on CPU, dense on CUDA)
+    #[arg(long, value_enum, default_value_t = Execution::Auto)]
+    execution: Execution,
     /// Images per forward pass (requests from different clients are batched together)
     #[arg(long, default_value_t = Limits::default().max_batch)]
     max_batch: usize,
@@ -116,6 +121,7 @@ pub fn run_serve(args: ServeArgs) -> Result<()> {
         model: args.model,
         addr: args.addr,
         device: parse_device(&args.device)?,
+        execution: args.execution,
         limits,
         metrics_addr,
         http_addr,
@@ -145,6 +151,9 @@ pub struct ScreenArgs {
     /// Device for in-process screening
     #[arg(long, default_value = "auto")]
     device: String,
+    /// How in-process screening runs the model: dense, gated or auto
+    #[arg(long, value_enum, default_value_t = Execution::Auto)]
+    execution: Execution,
     /// Images per request
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
@@ -179,8 +188,8 @@ pub fn run_screen(args: ScreenArgs) -> Result<bool> {
             None => {
                 let device = parse_device(&args.device)?;
                 let metrics = Arc::new(Metrics::new());
-                let (model, worker_metrics) = (args.model.clone(), metrics.clone());
-                let workers = tokio::task::spawn_blocking(move || Workers::start(&model, device, Limits::default(), worker_metrics))
+                let (model, worker_metrics, execution) = (args.model.clone(), metrics.clone(), args.execution);
+                let workers = tokio::task::spawn_blocking(move || Workers::start(&model, device, execution, Limits::default(), worker_metrics))
                     .await
                     .context("loading the model")??;
                 Backend::InProcess(ScreeningService::new(Some(workers), metrics))

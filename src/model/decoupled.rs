@@ -8,11 +8,11 @@ use crate::error::{Error, Result};
 
 /// One conv layer: conv 3x3 -> BatchNorm -> ReLU -> gate (if any) -> max-pool (if any).
 #[derive(Debug)]
-struct ConvBlock {
-    conv: nn::Conv2D,
-    bn: nn::BatchNorm,
-    control: Option<ControlModule>,
-    pool_after: bool,
+pub(super) struct ConvBlock {
+    pub(super) conv: nn::Conv2D,
+    pub(super) bn: nn::BatchNorm,
+    pub(super) control: Option<ControlModule>,
+    pub(super) pool_after: bool,
 }
 
 /// What one forward pass produces.
@@ -47,8 +47,8 @@ impl ForwardOutput {
 #[derive(Debug)]
 pub struct DecoupledCnn {
     config: ModelConfig,
-    blocks: Vec<ConvBlock>,
-    classifier: nn::Linear,
+    pub(super) blocks: Vec<ConvBlock>,
+    pub(super) classifier: nn::Linear,
 }
 
 impl DecoupledCnn {
@@ -106,7 +106,8 @@ impl DecoupledCnn {
 
     /// The forward pass. Without `heads`, `pooled_outputs` and `mi_logits` stay empty: they
     /// feed only the training losses and the path statistics, and cost two extra ops per
-    /// gated layer, which shows at batch 1.
+    /// gated layer, which shows at batch 1. `pooled_outputs` (the alignment loss's) are
+    /// computed only in the training modes.
     fn forward(&self, x: &Tensor, mode: GateMode, heads: bool) -> ForwardOutput {
         let train = mode.is_training();
         let mut h = x.shallow_clone();
@@ -122,7 +123,9 @@ impl DecoupledCnn {
                     let z = gates_from_logits(&logits, mode);
                     gate_logits.push(logits);
                     if heads {
-                        pooled_outputs.push(out.mean_dim([2i64, 3].as_slice(), false, Kind::Float));
+                        if train {
+                            pooled_outputs.push(out.mean_dim([2i64, 3].as_slice(), false, Kind::Float));
+                        }
                         mi_logits.push(control.mi_logits(&z));
                     }
                     let (n, c) = (z.size()[0], z.size()[1]);

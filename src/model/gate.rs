@@ -32,9 +32,9 @@ impl GateMode {
 /// mutual-information head `W_l: C_out -> classes` used only by the training loss.
 #[derive(Debug)]
 pub struct ControlModule {
-    fc1: nn::Linear,
-    fc2: nn::Linear,
-    mi_head: nn::Linear,
+    pub(super) fc1: nn::Linear,
+    pub(super) fc2: nn::Linear,
+    pub(super) mi_head: nn::Linear,
 }
 
 impl ControlModule {

@@ -4,10 +4,14 @@
 pub mod checkpoint;
 pub mod config;
 pub mod decoupled;
+pub mod execution;
 pub mod gate;
+pub mod gated;
 pub mod losses;
 
 pub use checkpoint::{Checkpoint, ModelMeta};
 pub use config::{LossWeights, ModelConfig};
 pub use decoupled::{DecoupledCnn, ForwardOutput};
 pub use gate::GateMode;
+pub use execution::{Execution, Inference, Strategy};
+pub use gated::GatedNetwork;

@@ -21,12 +21,15 @@ use super::metrics::{serve_metrics, Metrics};
 use super::proto::screening_server::ScreeningServer;
 use super::worker::Workers;
 use crate::error::{Error, Result};
+use crate::model::Execution;
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub model: PathBuf,
     pub addr: SocketAddr,
     pub device: Device,
+    /// How the screening worker runs the model (dense, gated or auto).
+    pub execution: Execution,
     pub limits: Limits,
     pub metrics_addr: Option<SocketAddr>,
     /// The Open Inference Protocol over HTTP/JSON, the page and /metrics.
@@ -114,7 +117,7 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
         tokio::spawn(async move {
             let started = std::time::Instant::now();
             let loaded = tokio::task::spawn_blocking(move || {
-                Workers::start(&options.model, options.device, options.limits.clone(), metrics)
+                Workers::start(&options.model, options.device, options.execution, options.limits.clone(), metrics)
             })
             .await
             .unwrap_or_else(|e| Err(Error::Config(format!("loading the model panicked: {e}"))));

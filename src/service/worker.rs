@@ -20,6 +20,7 @@ use super::limits::Limits;
 use super::metrics::Metrics;
 use crate::attack_set::{run_attack_until, AttackParams, GateGradient};
 use crate::data::Dataset;
+use crate::model::Execution;
 use crate::screener::{Screened, Screener};
 
 /// What clients may learn about the loaded model (GetInfo, metadata).
@@ -126,15 +127,15 @@ const ATTACK_QUEUE: usize = 4;
 
 impl Workers {
     /// Starts both workers, each loading `model_dir` on `device`; returns once both are ready.
-    pub fn start(model_dir: &Path, device: Device, limits: Limits, metrics: Arc<Metrics>) -> crate::Result<Self> {
+    pub fn start(model_dir: &Path, device: Device, execution: Execution, limits: Limits, metrics: Arc<Metrics>) -> crate::Result<Self> {
         let (screen, screen_rx) = sync_channel::<ScreenJob>(limits.queue_capacity);
         let (attack, attack_rx) = sync_channel::<AttackJob>(ATTACK_QUEUE);
         let computing = Arc::new(AtomicUsize::new(0));
-        let info = spawn_worker("pathguard-screen", model_dir, device, {
+        let info = spawn_worker("pathguard-screen", model_dir, device, execution, {
             let (limits, metrics, computing) = (limits.clone(), metrics.clone(), computing.clone());
             move |screener| screen_loop(&screener, screen_rx, &limits, &metrics, &computing)
         })?;
-        spawn_worker("pathguard-attack", model_dir, device, {
+        spawn_worker("pathguard-attack", model_dir, device, execution, {
             let (limits, metrics, computing) = (limits.clone(), metrics.clone(), computing.clone());
             move |screener| attack_loop(&screener, attack_rx, &limits, &metrics, &computing)
         })?;
@@ -204,13 +205,14 @@ fn spawn_worker(
     name: &str,
     model_dir: &Path,
     device: Device,
+    execution: Execution,
     work: impl FnOnce(Screener) + Send + 'static,
 ) -> crate::Result<ModelInfo> {
     let (ready, loaded) = sync_channel(1);
     let dir = model_dir.to_path_buf();
     std::thread::Builder::new()
         .name(name.into())
-        .spawn(move || match Screener::load(&dir, device) {
+        .spawn(move || match Screener::load(&dir, device).and_then(|s| s.with_execution(execution)) {
             Ok(screener) => {
                 let _ = ready.send(Ok(model_info(&screener)));
                 work(screener);

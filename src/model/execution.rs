@@ -1,0 +1,91 @@
+//! How an eval-mode forward pass runs: dense (every filter of every layer), gated (only the
+//! filters on the inputs' paths, see `gated.rs`), or auto: whichever measured faster for the
+//! batch size on this kind of device.
+
+use serde::Serialize;
+use tch::{Device, Tensor};
+
+use super::decoupled::{DecoupledCnn, ForwardOutput};
+use super::gate::GateMode;
+use super::gated::GatedNetwork;
+use crate::error::Result;
+
+/// The user's choice, as `--execution` takes it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Execution {
+    /// Every filter of every layer (the training graph in eval mode).
+    Dense,
+    /// Only the open filters: per input at batch 1; for a batch, the union of its inputs'
+    /// open filters in each layer (the gates zero the rest).
+    Gated,
+    /// Gated on CPU, dense on CUDA (see `Inference::strategy`).
+    #[default]
+    Auto,
+}
+
+/// How one batch actually runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    Dense,
+    /// One gated pass over the batch, computing the union of its open filters per layer.
+    GatedUnion,
+    /// One gated pass per input.
+    GatedEach,
+}
+
+/// A model's inference passes, prepared for the chosen execution.
+#[derive(Debug)]
+pub struct Inference {
+    execution: Execution,
+    gated: Option<GatedNetwork>,
+}
+
+impl Inference {
+    /// Prepares `model` (folds its BatchNorm into copies of the conv weights unless dense).
+    pub fn new(model: &DecoupledCnn, execution: Execution) -> Result<Self> {
+        let gated = match execution {
+            Execution::Dense => None,
+            Execution::Gated | Execution::Auto => Some(GatedNetwork::new(model)?),
+        };
+        Ok(Inference { execution, gated })
+    }
+
+    pub fn execution(&self) -> Execution {
+        self.execution
+    }
+
+    /// What runs a batch of `n` on `device`. Auto's choice is measured (`pathguard bench
+    /// execution`, BENCHMARKS.md "Gated execution"): on the CPU the union pass was faster than
+    /// dense at every batch size from 1 to 128 (about 2x at batch 1) and one pass per input
+    /// was never faster than the union. On CUDA every gated layer waits for the host to read
+    /// its open set, which the GPU's idle filters cannot repay; not measured yet on a GPU.
+    pub fn strategy(&self, _n: i64, device: Device) -> Strategy {
+        match (self.execution, device) {
+            (Execution::Dense, _) => Strategy::Dense,
+            (Execution::Gated, _) => Strategy::GatedUnion,
+            (Execution::Auto, Device::Cpu) => Strategy::GatedUnion,
+            (Execution::Auto, _) => Strategy::Dense,
+        }
+    }
+
+    /// The eval-mode (hard gates, no gradient) forward pass with the MI-head logits the path
+    /// features need: the same values whichever way it runs, up to float rounding.
+    pub fn forward(&self, model: &DecoupledCnn, x: &Tensor) -> Result<ForwardOutput> {
+        self.forward_with(model, x, self.strategy(x.size()[0], x.device()))
+    }
+
+    /// [`Inference::forward`] with the strategy forced (for measuring them side by side).
+    pub fn forward_with(&self, model: &DecoupledCnn, x: &Tensor, strategy: Strategy) -> Result<ForwardOutput> {
+        model.check_input(x)?;
+        let gated = match (&self.gated, strategy) {
+            (_, Strategy::Dense) | (None, _) => return Ok(tch::no_grad(|| model.forward_with_path(x, GateMode::Eval))),
+            (Some(gated), _) => gated,
+        };
+        match strategy {
+            Strategy::GatedEach => gated.forward_each(x, true),
+            _ => gated.forward(x, true),
+        }
+    }
+}

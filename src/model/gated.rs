@@ -1,0 +1,303 @@
+//! Gated execution: the inference pass that computes, per input, only the filters on its
+//! path. A gated layer's gates come from its controlling module on the layer *input*, so they
+//! are known before the conv runs: the conv then uses only the weight rows of the open filters
+//! and the weight columns of the previous layer's open filters (the closed ones are exactly
+//! zero). Same logits and path as the dense pass, up to float rounding.
+//!
+//! At batch 1 the convolutions are small and libtorch's per-op cost (about 10 us) would eat
+//! the FLOPs saved, so everything that is not a convolution on an image (the controlling
+//! modules, choosing the open filters, gathering their weights) runs here in Rust on a few
+//! hundred numbers; libtorch runs only GAP, conv, ReLU and pooling.
+
+use tch::{Device, Kind, Tensor};
+
+use super::decoupled::{DecoupledCnn, ForwardOutput};
+use crate::error::Result;
+
+/// BatchNorm epsilon of the model's layers (`nn::BatchNormConfig::default()`).
+const BATCH_NORM_EPS: f64 = 1e-5;
+
+/// One 3x3 conv layer with its eval-mode BatchNorm folded in: `conv(x, weight) + bias`.
+#[derive(Debug)]
+struct FoldedLayer {
+    /// `[out][in][3][3]`, row-major, for gathering the filters a path needs.
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    in_channels: usize,
+    out_channels: usize,
+    /// The same weights as tensors, for a layer that computes every filter of every input.
+    weight_tensor: Tensor,
+    bias_tensor: Tensor,
+    control: Option<Control>,
+    pool_after: bool,
+}
+
+/// A controlling module: `gate logits = FC2(ReLU(FC1(GAP(x))))`, and the MI head.
+#[derive(Debug)]
+struct Control {
+    /// `[hidden][in]`
+    fc1: Vec<f32>,
+    fc1_bias: Vec<f32>,
+    /// `[out][hidden]`
+    fc2: Vec<f32>,
+    fc2_bias: Vec<f32>,
+    hidden: usize,
+    mi_head: Tensor,
+}
+
+/// The eval-mode network prepared for gated execution (its own copies of the folded weights).
+#[derive(Debug)]
+pub struct GatedNetwork {
+    layers: Vec<FoldedLayer>,
+    classifier_weight: Tensor,
+    classifier_bias: Tensor,
+}
+
+/// The values of `t` in row-major order. Activations on the CPU are copied straight out:
+/// each libtorch call costs microseconds, which add up at batch 1.
+fn floats(t: &Tensor) -> Result<Vec<f32>> {
+    if t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous() {
+        let numel = t.numel();
+        let mut values = vec![0.0f32; numel];
+        t.f_copy_data(&mut values, numel)?;
+        return Ok(values);
+    }
+    Ok(Vec::<f32>::try_from(t.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous().view([-1]))?)
+}
+
+fn required<'a>(t: &'a Option<Tensor>, what: &str) -> &'a Tensor {
+    t.as_ref().unwrap_or_else(|| panic!("the decoupled CNN always has {what}"))
+}
+
+impl GatedNetwork {
+    pub fn new(model: &DecoupledCnn) -> Result<Self> {
+        let _guard = tch::no_grad_guard();
+        let mut layers = Vec::with_capacity(model.blocks.len());
+        for block in &model.blocks {
+            let bn = &block.bn;
+            let scale = required(&bn.ws, "BatchNorm weights") / (&bn.running_var + BATCH_NORM_EPS).sqrt();
+            let bias_tensor = required(&bn.bs, "BatchNorm biases") - &bn.running_mean * &scale;
+            let size = block.conv.ws.size();
+            let weight_tensor = (&block.conv.ws * scale.view([size[0], 1, 1, 1])).contiguous();
+            let control = match &block.control {
+                Some(c) => Some(Control {
+                    fc1: floats(&c.fc1.ws)?,
+                    fc1_bias: floats(required(&c.fc1.bs, "FC1 biases"))?,
+                    fc2: floats(&c.fc2.ws)?,
+                    fc2_bias: floats(required(&c.fc2.bs, "FC2 biases"))?,
+                    hidden: c.fc1.ws.size()[0] as usize,
+                    mi_head: c.mi_head.ws.detach(),
+                }),
+                None => None,
+            };
+            layers.push(FoldedLayer {
+                weight: floats(&weight_tensor)?,
+                bias: floats(&bias_tensor)?,
+                out_channels: size[0] as usize,
+                in_channels: size[1] as usize,
+                weight_tensor,
+                bias_tensor,
+                control,
+                pool_after: block.pool_after,
+            });
+        }
+        Ok(GatedNetwork {
+            layers,
+            classifier_weight: model.classifier.ws.detach(),
+            classifier_bias: required(&model.classifier.bs, "classifier biases").detach(),
+        })
+    }
+
+    /// Eval-mode forward of `x` `[N, C, H, W]` computing, in each gated layer, the union of
+    /// the batch's open filters (at N = 1: exactly the input's path; the gates zero what is
+    /// open for another input only). With `heads`, the MI-head logits are filled in as the
+    /// dense pass fills them; `pooled_outputs` stays empty (it feeds only training).
+    pub fn forward(&self, x: &Tensor, heads: bool) -> Result<ForwardOutput> {
+        let _guard = tch::no_grad_guard();
+        let n = x.size()[0] as usize;
+        let device = x.device();
+        let to_tensor = |values: &[f32], shape: &[i64]| {
+            let t = Tensor::from_slice(values).view(shape);
+            if device == Device::Cpu { t } else { t.to_device(device) }
+        };
+        let mut h = x.shallow_clone();
+        // Which of the layer input's channels `h` holds, in order; None = all of them.
+        let mut present: Option<Vec<usize>> = None;
+        let (mut gates, mut gate_logits, mut mi_logits) = (Vec::new(), Vec::new(), Vec::new());
+        for layer in &self.layers {
+            let mut multiplier = None;
+            let (weight, bias, kept) = match &layer.control {
+                Some(control) => {
+                    let pooled = floats(&h.mean_dim([2i64, 3].as_slice(), false, Kind::Float))?;
+                    let logits = control.gate_logits(&pooled, n, present.as_deref(), layer.in_channels);
+                    let z: Vec<f32> = logits.iter().map(|&y| if y > 0.0 { 1.0 } else { 0.0 }).collect();
+                    let out = layer.out_channels;
+                    let mut open: Vec<usize> = (0..out).filter(|&o| (0..n).any(|i| z[i * out + o] > 0.0)).collect();
+                    // A layer whose every filter is closed keeps one, zeroed by its gate.
+                    let all_closed = open.is_empty();
+                    if all_closed {
+                        open.push(0);
+                    }
+                    // At N = 1 every kept filter is open: no gate to multiply.
+                    if n > 1 || all_closed {
+                        let kept: Vec<f32> = (0..n).flat_map(|i| open.iter().map(|&o| z[i * out + o]).collect::<Vec<_>>()).collect();
+                        multiplier = Some(to_tensor(&kept, &[n as i64, open.len() as i64, 1, 1]));
+                    }
+                    let z = to_tensor(&z, &[n as i64, out as i64]);
+                    if heads {
+                        mi_logits.push(z.linear::<Tensor>(&control.mi_head, None));
+                    }
+                    gates.push(z);
+                    gate_logits.push(to_tensor(&logits, &[n as i64, out as i64]));
+                    let (weight, bias) = layer.gather(&open, present.as_deref());
+                    (to_tensor(&weight, &[open.len() as i64, -1, 3, 3]), to_tensor(&bias, &[-1]), Some(open))
+                }
+                None => match &present {
+                    None => (layer.weight_tensor.shallow_clone(), layer.bias_tensor.shallow_clone(), None),
+                    Some(inputs) => {
+                        let all: Vec<usize> = (0..layer.out_channels).collect();
+                        let (weight, bias) = layer.gather(&all, Some(inputs));
+                        (to_tensor(&weight, &[all.len() as i64, -1, 3, 3]), to_tensor(&bias, &[-1]), None)
+                    }
+                },
+            };
+            h = h.conv2d(&weight, Some(&bias), [1, 1], [1, 1], [1, 1], 1).relu_();
+            if let Some(m) = multiplier {
+                h = h * m;
+            }
+            if layer.pool_after {
+                h = h.max_pool2d_default(2);
+            }
+            present = kept;
+        }
+        let last = self.layers.last().map_or(0, |l| l.out_channels);
+        let compact = floats(&h.mean_dim([2i64, 3].as_slice(), false, Kind::Float))?;
+        let penultimate = to_tensor(&scatter_rows(&compact, n, present.as_deref(), last), &[n as i64, last as i64]);
+        let logits = penultimate.linear(&self.classifier_weight, Some(&self.classifier_bias));
+        Ok(ForwardOutput { logits, gates, pooled_outputs: Vec::new(), mi_logits, gate_logits, penultimate })
+    }
+
+    /// Per input, its own path: each image of the batch through [`GatedNetwork::forward`]
+    /// alone, the outputs concatenated.
+    pub fn forward_each(&self, x: &Tensor, heads: bool) -> Result<ForwardOutput> {
+        let n = x.size()[0];
+        let outs = (0..n).map(|i| self.forward(&x.narrow(0, i, 1), heads)).collect::<Result<Vec<_>>>()?;
+        if outs.len() == 1 {
+            return Ok(outs.into_iter().next().expect("one output"));
+        }
+        let cat = |pick: &dyn Fn(&ForwardOutput) -> &Tensor| Tensor::cat(&outs.iter().map(pick).collect::<Vec<_>>(), 0);
+        let cat_layers = |pick: &dyn Fn(&ForwardOutput) -> &Vec<Tensor>| -> Vec<Tensor> {
+            (0..pick(&outs[0]).len()).map(|l| cat(&|o| &pick(o)[l])).collect()
+        };
+        Ok(ForwardOutput {
+            logits: cat(&|o| &o.logits),
+            gates: cat_layers(&|o| &o.gates),
+            pooled_outputs: Vec::new(),
+            mi_logits: cat_layers(&|o| &o.mi_logits),
+            gate_logits: cat_layers(&|o| &o.gate_logits),
+            penultimate: cat(&|o| &o.penultimate),
+        })
+    }
+}
+
+impl FoldedLayer {
+    /// The weights of filters `outputs` over the input channels `inputs` (all when None).
+    fn gather(&self, outputs: &[usize], inputs: Option<&[usize]>) -> (Vec<f32>, Vec<f32>) {
+        let kernel = 9;
+        let row = self.in_channels * kernel;
+        let mut weight = Vec::with_capacity(outputs.len() * inputs.map_or(self.in_channels, <[usize]>::len) * kernel);
+        for &o in outputs {
+            let filter = &self.weight[o * row..(o + 1) * row];
+            match inputs {
+                None => weight.extend_from_slice(filter),
+                Some(inputs) => {
+                    for &c in inputs {
+                        weight.extend_from_slice(&filter[c * kernel..(c + 1) * kernel]);
+                    }
+                }
+            }
+        }
+        (weight, outputs.iter().map(|&o| self.bias[o]).collect())
+    }
+}
+
+impl Control {
+    /// Gate logits `[n][out]` from the pooled layer input `[n][k]`, whose k columns are the
+    /// input channels `present` (all `in_channels` when None; the others are zero).
+    /// Accumulates in f64, so it rounds no worse than libtorch's f32 matmul.
+    fn gate_logits(&self, pooled: &[f32], n: usize, present: Option<&[usize]>, in_channels: usize) -> Vec<f32> {
+        let k = pooled.len() / n.max(1);
+        let out = self.fc2_bias.len();
+        let mut logits = Vec::with_capacity(n * out);
+        let mut hidden = vec![0.0f64; self.hidden];
+        for row in pooled.chunks(k.max(1)).take(n) {
+            for (j, h) in hidden.iter_mut().enumerate() {
+                let weights = &self.fc1[j * in_channels..(j + 1) * in_channels];
+                let sum: f64 = match present {
+                    None => weights.iter().zip(row).map(|(&w, &p)| w as f64 * p as f64).sum(),
+                    Some(channels) => channels.iter().zip(row).map(|(&c, &p)| weights[c] as f64 * p as f64).sum(),
+                };
+                *h = (sum + self.fc1_bias[j] as f64).max(0.0);
+            }
+            for o in 0..out {
+                let weights = &self.fc2[o * self.hidden..(o + 1) * self.hidden];
+                let sum: f64 = weights.iter().zip(&hidden).map(|(&w, &h)| w as f64 * h).sum();
+                logits.push((sum + self.fc2_bias[o] as f64) as f32);
+            }
+        }
+        logits
+    }
+}
+
+/// Rows `[n][k]` holding the channels `present` of `[n][channels]` rows whose others are 0.
+fn scatter_rows(compact: &[f32], n: usize, present: Option<&[usize]>, channels: usize) -> Vec<f32> {
+    let Some(present) = present else { return compact.to_vec() };
+    let mut full = vec![0.0f32; n * channels];
+    for (i, row) in compact.chunks(present.len().max(1)).take(n).enumerate() {
+        for (&c, &v) in present.iter().zip(row) {
+            full[i * channels + c] = v;
+        }
+    }
+    full
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{GateMode, ModelConfig};
+    use tch::nn;
+
+    fn assert_same(dense: &ForwardOutput, gated: &ForwardOutput) {
+        assert!(dense.logits.allclose(&gated.logits, 1e-4, 1e-5, false), "logits differ");
+        assert!(dense.penultimate.allclose(&gated.penultimate, 1e-4, 1e-5, false), "penultimate differs");
+        assert_eq!(dense.path(), gated.path(), "paths differ");
+        for (d, g) in dense.gate_logits.iter().zip(&gated.gate_logits) {
+            assert!(d.allclose(g, 1e-4, 1e-5, false), "gate logits differ");
+        }
+        for (d, g) in dense.mi_logits.iter().zip(&gated.mi_logits) {
+            assert!(d.allclose(g, 1e-5, 1e-6, false), "MI logits differ");
+        }
+    }
+
+    /// A random tiny model, once as it is and once with every gate of one layer closed (the
+    /// case where gated execution keeps a zeroed filter).
+    #[test]
+    fn gated_passes_equal_the_dense_pass_even_when_a_layer_is_all_closed() {
+        tch::manual_seed(7);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = DecoupledCnn::new(&vs.root(), &ModelConfig::tiny()).unwrap();
+        let x = Tensor::rand([5, 1, 28, 28], (Kind::Float, Device::Cpu));
+        for close_layer in [false, true] {
+            if close_layer {
+                let control = model.blocks[3].control.as_ref().unwrap();
+                tch::no_grad(|| control.fc2.bs.as_ref().unwrap().shallow_clone().fill_(-100.0));
+            }
+            let dense = tch::no_grad(|| model.forward_with_path(&x, GateMode::Eval));
+            let gated = GatedNetwork::new(&model).unwrap();
+            assert_same(&dense, &gated.forward(&x, true).unwrap());
+            assert_same(&dense, &gated.forward_each(&x, true).unwrap());
+            let closed = dense.gates[2].sum(Kind::Float).double_value(&[]) == 0.0;
+            assert_eq!(closed, close_layer);
+        }
+    }
+}
