@@ -3,6 +3,7 @@
 //! `pathguard screen` without `--server` both use this.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use tch::{Device, Kind, Tensor};
 
@@ -33,6 +34,16 @@ pub struct Screened {
     /// Per gated layer: how much its path features pushed the experts toward "adversarial"
     /// (their logit contributions, summed; negative pulled toward clean).
     pub layer_evidence: Vec<f64>,
+}
+
+/// Where the time of one [`Screener::screen_timed`] call went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScreenTimes {
+    /// The forward pass (logits and path).
+    pub model: Duration,
+    /// Path features, the detector's experts, the distance to the training images, and the
+    /// per-image results.
+    pub detector: Duration,
 }
 
 /// Packs 0/1 bytes, bit i in byte i / 8 at position i % 8 (least significant first).
@@ -96,9 +107,19 @@ impl Screener {
 
     /// Screens `images` (`[N, 1, 28, 28]` float32 in [0, 1], any device) in one forward pass.
     pub fn screen(&self, images: &Tensor) -> Result<Vec<Screened>> {
+        Ok(self.screen_timed(images)?.0)
+    }
+
+    /// [`Screener::screen`], also saying how long the forward pass and the rest took.
+    pub fn screen_timed(&self, images: &Tensor) -> Result<(Vec<Screened>, ScreenTimes)> {
+        let started = Instant::now();
         let model = &self.checkpoint.model;
         let x = images.to_device(self.device);
         let out = self.inference.forward(model, &x)?;
+        // On CUDA the forward pass only queues kernels; reading the logits waits for them, so
+        // that the time below is the model's and not the detector's.
+        let probabilities = out.logits.softmax(1, Kind::Float).to_device(Device::Cpu);
+        let model_time = started.elapsed();
         let reading = self.detector.read(&out)?;
         let (expert_scores, rows) = (&reading.expert_scores, &reading.statistics);
         let scores = noisy_or(expert_scores);
@@ -106,14 +127,13 @@ impl Screener {
             Some(d) => Some(d.distances(&out)?),
             None => None,
         };
-        let probabilities = out.logits.softmax(1, Kind::Float).to_device(Device::Cpu);
         let predicted = Vec::<i64>::try_from(out.logits.argmax(1, false).to_device(Device::Cpu))?;
         let path = Vec::<u8>::try_from(out.path().to_kind(Kind::Uint8).to_device(Device::Cpu).contiguous().view([-1]))?;
         let bits = path.len() / predicted.len().max(1);
         let layers = out.gates.len();
         // Columns 0..L of the features are the open fractions, L..2L the Hamming deviations.
         let column = |i: usize, j: usize| rows[[i, j]] as f32;
-        Ok((0..predicted.len())
+        let screened = (0..predicted.len())
             .map(|i| Screened {
                 predicted_class: predicted[i],
                 probabilities: Vec::<f32>::try_from(probabilities.get(i as i64)).unwrap_or_default(),
@@ -125,7 +145,8 @@ impl Screener {
                 distribution: distances.as_ref().map(|d| d[i]),
                 layer_evidence: reading.layer_evidence.row(i).to_vec(),
             })
-            .collect())
+            .collect();
+        Ok((screened, ScreenTimes { model: model_time, detector: started.elapsed() - model_time }))
     }
 }
 

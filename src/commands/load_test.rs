@@ -18,6 +18,8 @@ use pathguard::service::inference::ModelInferRequest;
 use pathguard::service::proto::screening_client::ScreeningClient;
 use pathguard::service::proto::{images::Source, AttackRequest, DataType, EncodedImages, Images, ScreenRequest, Tensor};
 use serde::Serialize;
+
+use super::stage_times::{self, StageFigures};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
@@ -92,6 +94,8 @@ struct Summary {
     rss_mb_after_warmup: Option<f64>,
     rss_mb_max: Option<f64>,
     rss_mb_end: Option<f64>,
+    /// With --metrics: where the server spent the measured requests' time, per stage.
+    stages: BTreeMap<String, StageFigures>,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -183,6 +187,12 @@ pub fn run_load_test(args: LoadTestArgs) -> Result<()> {
     }
     if let (Some(a), Some(m), Some(e)) = (summary.rss_mb_after_warmup, summary.rss_mb_max, summary.rss_mb_end) {
         println!("server memory: {a:.1} MB after warm-up, {m:.1} MB at most, {e:.1} MB at the end (growth {:.1} MB)", e - a);
+    }
+    if !summary.stages.is_empty() {
+        println!("server stages (mean / p50 / p99 ms, per request or per forward pass):");
+        for (stage, f) in &summary.stages {
+            println!("  {stage:<9} {:>8.3} {:>8.3} {:>8.3}   ({} observations)", f.mean_ms, f.p50_ms, f.p99_ms, f.observations);
+        }
     }
     if let Some(path) = &args.json_out {
         let json = serde_json::to_string_pretty(&summary).expect("summary serialises");
@@ -276,6 +286,13 @@ async fn load(args: &LoadTestArgs, request: ScreenRequest, attack: AttackRequest
             (times, not_serving)
         })
     };
+    // The stage histograms at the end of the warm-up, to subtract from those at the end.
+    let stages_before = args.metrics.clone().map(|addr| {
+        tokio::spawn(async move {
+            tokio::time::sleep_until(warm.into()).await;
+            metrics_text(&addr).await
+        })
+    });
     let memory = args.metrics.clone().map(|addr| {
         let budget = budget.clone();
         tokio::spawn(async move {
@@ -340,15 +357,26 @@ async fn load(args: &LoadTestArgs, request: ScreenRequest, attack: AttackRequest
         summary.rss_mb_max = samples.iter().max().copied().map(mb);
         summary.rss_mb_end = samples.last().copied().map(mb);
     }
+    if let (Some(before), Some(addr)) = (stages_before, &args.metrics) {
+        if let (Some(before), Some(after)) = (before.await?, metrics_text(addr).await) {
+            summary.stages = stage_times::between(&before, &after);
+        }
+    }
     Ok(summary)
 }
 
-/// `pathguard_process_resident_memory_bytes` from the server's metrics endpoint.
-async fn resident_memory(addr: &str) -> Option<u64> {
+/// The server's metrics, as text.
+async fn metrics_text(addr: &str) -> Option<String> {
     let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     stream.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.ok()?;
     let mut text = String::new();
     stream.read_to_string(&mut text).await.ok()?;
+    Some(text)
+}
+
+/// `pathguard_process_resident_memory_bytes` from the server's metrics endpoint.
+async fn resident_memory(addr: &str) -> Option<u64> {
+    let text = metrics_text(addr).await?;
     let line = text.lines().find(|l| l.starts_with("pathguard_process_resident_memory_bytes "))?;
     line.rsplit(' ').next()?.parse().ok()
 }

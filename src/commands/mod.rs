@@ -9,3 +9,4 @@ pub mod explain;
 pub mod load_test;
 pub mod paths;
 pub mod service;
+pub mod stage_times;

@@ -50,7 +50,9 @@ impl ScreeningService {
     /// in-process path of `pathguard screen`.
     pub async fn screen_request(&self, mut request: ScreenRequest, deadline: Option<Instant>) -> Result<ScreenResponse, Status> {
         let workers = self.workers()?;
+        let decoding = Instant::now();
         let images = decode_images_blocking(request.images.take(), "images", workers.limits.max_images_per_request).await?;
+        self.metrics.observe_stage("decode", decoding.elapsed());
         let n = images.size()[0] as usize;
         if !request.ids.is_empty() && request.ids.len() != n {
             return Err(Status::invalid_argument(format!(
@@ -65,6 +67,7 @@ impl ScreeningService {
         }
         let threshold = request.threshold.map(f64::from).unwrap_or(workers.info.threshold);
         let screened = workers.screen(images, deadline).await?;
+        let encoding = Instant::now();
         let names = &workers.info.class_names;
         let results: Vec<ImageResult> = screened
             .into_iter()
@@ -97,6 +100,7 @@ impl ScreeningService {
             .collect();
         self.metrics.images_screened.inc_by(results.len() as u64);
         self.metrics.images_flagged.inc_by(results.iter().filter(|r| r.flagged).count() as u64);
+        self.metrics.observe_stage("encode", encoding.elapsed());
         Ok(ScreenResponse { results, model_hash: workers.info.model_hash.clone() })
     }
 

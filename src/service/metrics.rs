@@ -17,6 +17,11 @@ pub struct Metrics {
     pub queue_wait: HistogramVec,
     /// Images per forward pass of the screening worker.
     pub batch_size: prometheus::Histogram,
+    /// Where a screening request's time goes, by stage: "decode" (decoding and validating the
+    /// pixels), "queue" (waiting for the worker), "model" (the forward pass of the batch),
+    /// "detector" (path features, experts, distance to the training images), "encode"
+    /// (building the response message).
+    pub stage: HistogramVec,
     pub images_screened: IntCounter,
     pub images_flagged: IntCounter,
     /// Attacks stopped part-way because their caller went away or its deadline passed.
@@ -56,6 +61,12 @@ impl Metrics {
                 .buckets(prometheus::exponential_buckets(1.0, 2.0, 11).expect("valid buckets")),
         )
         .expect("valid metric");
+        let stage = HistogramVec::new(
+            HistogramOpts::new("pathguard_stage_duration_seconds", "Time of each stage of screening, by stage")
+                .buckets(prometheus::exponential_buckets(0.00002, 2.0, 20).expect("valid buckets")),
+            &["stage"],
+        )
+        .expect("valid metric");
         let images_screened = IntCounter::new("pathguard_images_screened_total", "Images screened").expect("valid metric");
         let images_flagged =
             IntCounter::new("pathguard_images_flagged_total", "Images flagged as adversarial").expect("valid metric");
@@ -72,6 +83,7 @@ impl Metrics {
             Box::new(latency.clone()),
             Box::new(queue_wait.clone()),
             Box::new(batch_size.clone()),
+            Box::new(stage.clone()),
             Box::new(images_screened.clone()),
             Box::new(images_flagged.clone()),
             Box::new(attacks_abandoned.clone()),
@@ -85,11 +97,17 @@ impl Metrics {
             latency,
             queue_wait,
             batch_size,
+            stage,
             images_screened,
             images_flagged,
             attacks_abandoned,
             resident_memory,
         }
+    }
+
+    /// Records the time one stage of screening took (see `stage`).
+    pub fn observe_stage(&self, stage: &str, elapsed: Duration) {
+        self.stage.with_label_values(&[stage]).observe(elapsed.as_secs_f64());
     }
 
     /// Records one finished request.

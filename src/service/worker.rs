@@ -280,6 +280,7 @@ fn screen_loop(screener: &Screener, queue: Receiver<ScreenJob>, limits: &Limits,
         let mut live = Vec::with_capacity(jobs.len());
         for job in jobs {
             metrics.queue_wait.with_label_values(&["screen"]).observe((now - job.enqueued).as_secs_f64());
+            metrics.observe_stage("queue", now - job.enqueued);
             if expired(job.deadline, now) {
                 job.answer(Err(Status::deadline_exceeded("the deadline passed while the request was queued")));
             } else if !job.reply.is_closed() {
@@ -297,7 +298,10 @@ fn screen_loop(screener: &Screener, queue: Receiver<ScreenJob>, limits: &Limits,
             for start in (0..n).step_by(max_batch) {
                 let chunk = batch.narrow(0, start, (max_batch as i64).min(n - start));
                 metrics.batch_size.observe(chunk.size()[0] as f64);
-                screened.extend(screener.screen(&chunk)?);
+                let (results, times) = screener.screen_timed(&chunk)?;
+                metrics.observe_stage("model", times.model);
+                metrics.observe_stage("detector", times.detector);
+                screened.extend(results);
             }
             Ok(screened)
         });
