@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::model::ForwardOutput;
-use crate::path::features::to_ndarray;
+use crate::path::features::PathViews;
 use crate::path::{FeatureSpec, PathTemplates};
 use crate::representations::Representations;
 
@@ -63,10 +63,6 @@ impl PathExpert {
     }
 }
 
-/// The rows `expert` reads of a forward pass, from its path statistics computed once.
-fn expert_rows(expert: &PathExpert, statistics: &tch::Tensor, out: &ForwardOutput) -> Array2<f64> {
-    to_ndarray(&expert.features.tensor_rows(Some(statistics), out))
-}
 
 /// Noisy-OR of expert scores: 1 - prod(1 - s).
 pub fn noisy_or(scores: &[Array1<f64>]) -> Array1<f64> {
@@ -110,8 +106,8 @@ impl PathDetector {
 
     /// Adversarial scores in [0, 1] for an eval-mode forward pass.
     pub fn score(&self, out: &ForwardOutput) -> Result<Array1<f64>> {
-        let statistics = crate::path::features::path_feature_tensor(out, &self.templates);
-        let scores = self.experts.iter().map(|e| e.score_rows(&expert_rows(e, &statistics, out))).collect::<Result<Vec<_>>>()?;
+        let views = PathViews::of(out, &self.templates);
+        let scores = self.experts.iter().map(|e| e.score_rows(&e.features.rows_of(&views))).collect::<Result<Vec<_>>>()?;
         Ok(noisy_or(&scores))
     }
 
@@ -120,13 +116,13 @@ impl PathDetector {
     /// computed once for the experts and the caller's path summaries) and each layer's
     /// evidence.
     pub fn read(&self, out: &ForwardOutput) -> Result<Reading> {
-        let statistics = crate::path::features::path_feature_tensor(out, &self.templates);
+        let views = PathViews::of(out, &self.templates);
         let sizes: Vec<usize> = self.templates.layer_sizes.iter().map(|&s| s as usize).collect();
         let n = out.logits.size()[0] as usize;
         let mut layer_evidence = Array2::<f64>::zeros((n, sizes.len()));
         let mut expert_scores = Vec::with_capacity(self.experts.len());
         for e in &self.experts {
-            let rows = expert_rows(e, &statistics, out);
+            let rows = e.features.rows_of(&views);
             expert_scores.push(e.score_rows(&rows)?);
             // A logistic expert's logit is intercept + sum_j w_j x_j over standardised columns:
             // the part of that sum from one layer's columns is that layer's exact share.
@@ -138,7 +134,7 @@ impl PathDetector {
                 }
             }
         }
-        Ok(Reading { expert_scores, statistics: to_ndarray(&statistics), layer_evidence })
+        Ok(Reading { expert_scores, statistics: views.statistics, layer_evidence })
     }
 
     /// Per-expert scores of precomputed representations (computed with these templates).

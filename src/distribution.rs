@@ -137,7 +137,7 @@ mod tests {
             format: FORMAT.into(),
             model_hash: "m".into(),
             fit_images: 0,
-            mahalanobis: MahalanobisDetector { means: Array2::zeros((1, 1)), precision: Array2::eye(1), scale: 1.0 },
+            mahalanobis: MahalanobisDetector::new(Array2::zeros((1, 1)), Array2::eye(1), 1.0),
             held_out_distances: distances,
         }
     }

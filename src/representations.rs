@@ -125,17 +125,7 @@ impl Representations {
     /// The rows a path detector with `spec` scores: path statistics, then path bits if the
     /// spec has them.
     pub fn detector_rows(&self, spec: &crate::path::FeatureSpec) -> Array2<f64> {
-        let mut blocks = Vec::new();
-        if !spec.names.is_empty() {
-            blocks.push(self.path_features.view());
-        }
-        if spec.path_bits > 0 {
-            blocks.push(self.path_bits.view());
-        }
-        if spec.gate_logits > 0 {
-            blocks.push(self.gate_logits.view());
-        }
-        concatenate(Axis(1), &blocks).expect("rows of one model")
+        spec.select(self.path_features.view(), self.path_bits.view(), self.gate_logits.view())
     }
 
     /// Column blocks of `activations`, one per gated layer.

@@ -16,6 +16,7 @@ mod http;
 mod images;
 mod kserve;
 mod linking;
+mod path_statistics;
 mod paths;
 mod python_client;
 mod pytorch_reference;

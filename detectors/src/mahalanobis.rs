@@ -3,6 +3,8 @@
 //! closest class mean.
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
+use std::sync::OnceLock;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{check_finite, Detector, DetectorError, Result};
@@ -56,7 +58,7 @@ impl MahalanobisParams {
         }
         let precision = invert_spd(&covariance)
             .ok_or_else(|| DetectorError::Fit("covariance is not positive definite".into()))?;
-        let mut detector = MahalanobisDetector { means, precision, scale: 1.0 };
+        let mut detector = MahalanobisDetector::new(means, precision, 1.0);
         // Scale so that the median clean distance maps to a score of 0.5.
         let distances = detector.min_distances(rows)?;
         let mut sorted = distances.to_vec();
@@ -73,21 +75,38 @@ pub struct MahalanobisDetector {
     pub precision: Array2<f64>,
     /// Median clean distance: score = d / (d + scale).
     pub scale: f64,
+    /// `means · precision` and each mean's `μᵀPμ`, computed on first use.
+    #[serde(skip)]
+    projected_means: OnceLock<(Array2<f64>, Array1<f64>)>,
 }
 
 impl MahalanobisDetector {
-    /// Squared Mahalanobis distance of each row to its closest class mean.
+    pub fn new(means: Array2<f64>, precision: Array2<f64>, scale: f64) -> Self {
+        MahalanobisDetector { means, precision, scale, projected_means: OnceLock::new() }
+    }
+
+    /// Squared Mahalanobis distance of each row to its closest class mean, as
+    /// `xᵀPx - 2 xᵀPμ + μᵀPμ` (P symmetric): one D x D product per row instead of one per
+    /// row and class, which is what a single image pays for.
     pub fn min_distances(&self, rows: ArrayView2<f64>) -> Result<Array1<f64>> {
         if rows.ncols() != self.means.ncols() {
             return Err(DetectorError::FeatureCount { expected: self.means.ncols(), found: rows.ncols() });
         }
         check_finite(rows)?;
+        let (mean_projections, mean_norms) = self.projected_means.get_or_init(|| {
+            let projected = self.means.dot(&self.precision);
+            let norms = (&projected * &self.means).sum_axis(Axis(1));
+            (projected, norms)
+        });
+        let row_norms = (&rows.dot(&self.precision) * &rows).sum_axis(Axis(1));
+        let cross = rows.dot(&mean_projections.t()); // [N, K]: xᵀPμ_k
         let mut best = Array1::from_elem(rows.nrows(), f64::INFINITY);
-        for mean in self.means.rows() {
-            let centred = &rows - &mean;
-            let projected = centred.dot(&self.precision);
-            let d = (&projected * &centred).sum_axis(Axis(1));
-            best.zip_mut_with(&d, |b, &x| *b = b.min(x));
+        for (i, b) in best.iter_mut().enumerate() {
+            for (k, &norm) in mean_norms.iter().enumerate() {
+                *b = b.min(row_norms[i] - 2.0 * cross[[i, k]] + norm);
+            }
+            // Rounding can take a distance of (nearly) zero below it.
+            *b = b.max(0.0);
         }
         Ok(best)
     }
@@ -157,5 +176,28 @@ mod tests {
             }
         }
         assert!(invert_spd(&array![[1.0, 2.0], [2.0, 1.0]]).is_none());
+    }
+
+    #[test]
+    fn min_distances_equal_the_direct_formula() {
+        // A fixed pseudo-random cloud: 3 classes, 6 features.
+        let value = |i: usize| ((i as f64 * 12.9898).sin() * 43758.5453).fract();
+        let rows = Array2::from_shape_fn((60, 6), |(i, j)| value(i * 6 + j) + (i % 3) as f64 * 0.5);
+        let labels: Vec<usize> = (0..60).map(|i| i % 3).collect();
+        let detector = MahalanobisParams::new(3).fit(rows.view(), &labels).unwrap();
+        let queries = Array2::from_shape_fn((7, 6), |(i, j)| 2.0 * value(1000 + i * 6 + j));
+        let fast = detector.min_distances(queries.view()).unwrap();
+        for (i, row) in queries.rows().into_iter().enumerate() {
+            let direct = detector
+                .means
+                .rows()
+                .into_iter()
+                .map(|mean| {
+                    let c = &row - &mean;
+                    c.dot(&detector.precision).dot(&c)
+                })
+                .fold(f64::INFINITY, f64::min);
+            assert!((fast[i] - direct).abs() <= 1e-9 * direct.max(1.0), "row {i}: {} vs {direct}", fast[i]);
+        }
     }
 }

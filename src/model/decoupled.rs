@@ -15,6 +15,18 @@ pub(super) struct ConvBlock {
     pub(super) pool_after: bool,
 }
 
+/// Which of the outputs that only some callers read a forward pass computes: each costs an
+/// op per gated layer, which shows at batch 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Heads {
+    /// Logits, path, gate logits and penultimate features only.
+    None,
+    /// Also the mutual-information head logits (the path statistics read them).
+    MutualInformation,
+    /// Also the pooled pre-gate outputs (the alignment loss and the activation baselines).
+    All,
+}
+
 /// What one forward pass produces.
 #[derive(Debug)]
 pub struct ForwardOutput {
@@ -101,14 +113,17 @@ impl DecoupledCnn {
 
     /// Forward pass returning logits and the path. `x` is `[N, C, H, W]` float32 in [0, 1].
     pub fn forward_with_path(&self, x: &Tensor, mode: GateMode) -> ForwardOutput {
-        self.forward(x, mode, true)
+        self.forward(x, mode, Heads::All)
     }
 
-    /// The forward pass. Without `heads`, `pooled_outputs` and `mi_logits` stay empty: they
-    /// feed only the training losses and the path statistics, and cost two extra ops per
-    /// gated layer, which shows at batch 1. `pooled_outputs` (the alignment loss's) are
-    /// computed only in the training modes.
-    fn forward(&self, x: &Tensor, mode: GateMode, heads: bool) -> ForwardOutput {
+    /// The eval-mode pass screening needs: logits, path, gate logits, MI-head logits and
+    /// penultimate features, without gradients (`pooled_outputs` stays empty).
+    pub fn forward_for_screening(&self, x: &Tensor) -> ForwardOutput {
+        tch::no_grad(|| self.forward(x, GateMode::Eval, Heads::MutualInformation))
+    }
+
+    /// The forward pass, with the heads `heads` asks for (see [`Heads`]).
+    fn forward(&self, x: &Tensor, mode: GateMode, heads: Heads) -> ForwardOutput {
         let train = mode.is_training();
         let mut h = x.shallow_clone();
         let mut gates = Vec::new();
@@ -122,10 +137,10 @@ impl DecoupledCnn {
                     let logits = control.gate_logits(&h);
                     let z = gates_from_logits(&logits, mode);
                     gate_logits.push(logits);
-                    if heads {
-                        if train {
-                            pooled_outputs.push(out.mean_dim([2i64, 3].as_slice(), false, Kind::Float));
-                        }
+                    if heads == Heads::All {
+                        pooled_outputs.push(out.mean_dim([2i64, 3].as_slice(), false, Kind::Float));
+                    }
+                    if heads != Heads::None {
                         mi_logits.push(control.mi_logits(&z));
                     }
                     let (n, c) = (z.size()[0], z.size()[1]);
@@ -147,13 +162,13 @@ impl DecoupledCnn {
     /// Logits alone (with gradients if `x` needs them), skipping the training heads: what
     /// attacks differentiate.
     pub fn logits(&self, x: &Tensor, mode: GateMode) -> Tensor {
-        self.forward(x, mode, false).logits
+        self.forward(x, mode, Heads::None).logits
     }
 
     /// Eval-mode forward without gradients: `(logits, path)` with path `[N, total_gates]`.
     pub fn predict(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         self.check_input(x)?;
-        let out = tch::no_grad(|| self.forward(x, GateMode::Eval, false));
+        let out = tch::no_grad(|| self.forward(x, GateMode::Eval, Heads::None));
         let path = out.path();
         Ok((out.logits, path))
     }

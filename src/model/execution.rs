@@ -6,7 +6,6 @@ use serde::Serialize;
 use tch::{Device, Tensor};
 
 use super::decoupled::{DecoupledCnn, ForwardOutput};
-use super::gate::GateMode;
 use super::gated::GatedNetwork;
 use crate::error::Result;
 
@@ -80,7 +79,7 @@ impl Inference {
     pub fn forward_with(&self, model: &DecoupledCnn, x: &Tensor, strategy: Strategy) -> Result<ForwardOutput> {
         model.check_input(x)?;
         let gated = match (&self.gated, strategy) {
-            (_, Strategy::Dense) | (None, _) => return Ok(tch::no_grad(|| model.forward_with_path(x, GateMode::Eval))),
+            (_, Strategy::Dense) | (None, _) => return Ok(model.forward_for_screening(x)),
             (Some(gated), _) => gated,
         };
         match strategy {

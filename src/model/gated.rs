@@ -290,7 +290,7 @@ mod tests {
         for close_layer in [false, true] {
             if close_layer {
                 let control = model.blocks[3].control.as_ref().unwrap();
-                tch::no_grad(|| control.fc2.bs.as_ref().unwrap().shallow_clone().fill_(-100.0));
+                let _ = tch::no_grad(|| control.fc2.bs.as_ref().unwrap().shallow_clone().fill_(-100.0));
             }
             let dense = tch::no_grad(|| model.forward_with_path(&x, GateMode::Eval));
             let gated = GatedNetwork::new(&model).unwrap();

@@ -19,7 +19,7 @@
 //! A detector may also take the raw path bits (one 0/1 column per gate, layer by layer)
 //! after these columns: [`FeatureSpec::path_bits`].
 
-use ndarray::Array2;
+use ndarray::{Array2, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -116,8 +116,28 @@ impl FeatureSpec {
 
     /// Feature rows of an eval-mode forward pass.
     pub fn rows(&self, out: &ForwardOutput, templates: &PathTemplates) -> Array2<f64> {
-        let statistics = (!self.names.is_empty()).then(|| path_feature_tensor(out, templates));
-        to_ndarray(&self.tensor_rows(statistics.as_ref(), out))
+        self.rows_of(&PathViews::of(out, templates))
+    }
+
+    /// Feature rows from the views of a forward pass computed once (several specs share them).
+    pub fn rows_of(&self, views: &PathViews) -> Array2<f64> {
+        self.select(views.statistics.view(), views.path_bits.view(), views.gate_logits.view())
+    }
+
+    /// The spec's column blocks, side by side: path statistics (when it names columns), path
+    /// bits, gate logits.
+    pub fn select<'a>(&self, statistics: ArrayView2<'a, f64>, path_bits: ArrayView2<'a, f64>, gate_logits: ArrayView2<'a, f64>) -> Array2<f64> {
+        let mut blocks = Vec::new();
+        if !self.names.is_empty() {
+            blocks.push(statistics);
+        }
+        if self.path_bits > 0 {
+            blocks.push(path_bits);
+        }
+        if self.gate_logits > 0 {
+            blocks.push(gate_logits);
+        }
+        ndarray::concatenate(Axis(1), &blocks).expect("rows of one forward pass")
     }
 
     /// The rows as a float32 tensor, from the path statistics of `out` computed once by
@@ -138,9 +158,106 @@ impl FeatureSpec {
     }
 }
 
+/// What the detector's experts read of an eval-mode forward pass, on the host.
+#[derive(Debug, Clone)]
+pub struct PathViews {
+    /// `[N, 6L + 3]`, see [`path_features`].
+    pub statistics: Array2<f64>,
+    /// `[N, total_gates]`, 0/1.
+    pub path_bits: Array2<f64>,
+    /// `[N, total_gates]`.
+    pub gate_logits: Array2<f64>,
+}
+
+impl PathViews {
+    pub fn of(out: &ForwardOutput, templates: &PathTemplates) -> Self {
+        let path_bits = to_ndarray(&out.path());
+        let gate_logits = if out.gate_logits.is_empty() {
+            Array2::zeros((path_bits.nrows(), 0))
+        } else {
+            to_ndarray(&Tensor::cat(&out.gate_logits, 1))
+        };
+        PathViews { statistics: statistics_of(out, &path_bits, templates), path_bits, gate_logits }
+    }
+}
+
 /// Path statistics `[N, 6L + 3]` (f64, ndarray) of an eval-mode forward pass, against `templates`.
 pub fn path_features(out: &ForwardOutput, templates: &PathTemplates) -> Array2<f64> {
-    to_ndarray(&path_feature_tensor(out, templates))
+    statistics_of(out, &to_ndarray(&out.path()), templates)
+}
+
+/// The values of [`path_feature_tensor`] computed on the host in f64 from the pass's logits,
+/// path and MI-head logits: the same features without the ~30 libtorch calls per layer the
+/// tensor version makes, which cost more than the forward pass itself at batch 1. The
+/// detector's twin keeps the tensor version for its gradients; a test keeps the two equal.
+fn statistics_of(out: &ForwardOutput, path: &Array2<f64>, templates: &PathTemplates) -> Array2<f64> {
+    let logits = to_ndarray(&out.logits);
+    let mi: Vec<Array2<f64>> = out.mi_logits.iter().map(to_ndarray).collect();
+    let sizes: Vec<usize> = templates.layer_sizes.iter().map(|&s| s as usize).collect();
+    let layers = sizes.len();
+    let (n, classes) = logits.dim();
+    let mut rows = Array2::<f64>::zeros((n, FEATURE_KINDS.len() * layers + OUTPUT_FEATURES.len()));
+    for i in 0..n {
+        let scores = logits.row(i);
+        let predicted = argmax(scores.iter().copied());
+        let probs = softmax(scores.iter().copied());
+        let template = &templates.frequencies[predicted];
+        let mut start = 0;
+        for (l, &size) in sizes.iter().enumerate() {
+            let (mut open, mut differ, mut inter, mut union, mut nll) = (0.0, 0.0, 0.0, 0.0, 0.0);
+            for k in start..start + size {
+                let z = path[[i, k]];
+                let t = template[k] as f64;
+                let b = if t > 0.5 { 1.0 } else { 0.0 };
+                let p = t.clamp(0.01, 0.99);
+                open += z;
+                differ += z * (1.0 - b) + (1.0 - z) * b;
+                inter += z * b;
+                union += z + b - z * b;
+                nll -= z * p.ln() + (1.0 - z) * (1.0 - p).ln();
+            }
+            let size_f = size.max(1) as f64;
+            let head = mi.get(l).map(|m| m.row(i).to_vec()).unwrap_or_else(|| vec![0.0; classes]);
+            let values = [
+                open / size_f,
+                differ / size_f,
+                1.0 - inter / union.max(1.0),
+                nll / size_f,
+                if argmax(head.iter().copied()) == predicted { 1.0 } else { 0.0 },
+                softmax(head.iter().copied())[predicted],
+            ];
+            for (kind, v) in values.into_iter().enumerate() {
+                rows[[i, kind * layers + l]] = v;
+            }
+            start += size;
+        }
+        let base = FEATURE_KINDS.len() * layers;
+        let mut sorted: Vec<f64> = scores.to_vec();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        rows[[i, base]] = probs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        rows[[i, base + 1]] = sorted[0] - sorted[sorted.len().min(2) - 1];
+        rows[[i, base + 2]] = -probs.iter().filter(|&&p| p > 0.0).map(|&p| p * p.ln()).sum::<f64>();
+    }
+    rows
+}
+
+/// Index of the first largest value (libtorch's argmax on the CPU).
+fn argmax(values: impl Iterator<Item = f64>) -> usize {
+    let mut best = (0, f64::NEG_INFINITY);
+    for (i, v) in values.enumerate() {
+        if v > best.1 {
+            best = (i, v);
+        }
+    }
+    best.0
+}
+
+fn softmax(values: impl Iterator<Item = f64>) -> Vec<f64> {
+    let values: Vec<f64> = values.collect();
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let exp: Vec<f64> = values.iter().map(|v| (v - max).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    exp.iter().map(|e| e / sum).collect()
 }
 
 /// The same as a float32 tensor, differentiable where `out` is: with surrogate gates
@@ -217,6 +334,9 @@ mod tests {
         };
         let f = path_features(&out, &templates);
         assert_eq!(f.shape(), &[1, 15]);
+        // The host computation and the differentiable tensor one agree.
+        let from_tensors = to_ndarray(&path_feature_tensor(&out, &templates));
+        assert!(f.iter().zip(&from_tensors).all(|(a, b)| (a - b).abs() < 1e-5), "{f:?} vs {from_tensors:?}");
         let spec = FeatureSpec::for_layers(2);
         assert_eq!(spec.len(), 15);
         let get = |name: &str| f[[0, spec.names.iter().position(|n| n == name).unwrap()]];
