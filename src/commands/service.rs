@@ -39,6 +39,10 @@ pub struct ServeArgs {
     /// (gated on CPU, dense on CUDA)
     #[arg(long, value_enum, default_value_t = Execution::Auto)]
     execution: Execution,
+    /// Threads libtorch uses inside one operation (default: one per core). With a client on
+    /// the same few cores, 1 keeps single-image latency steadier (see BENCHMARKS.md)
+    #[arg(long)]
+    intra_op_threads: Option<i32>,
     /// Images per forward pass (requests from different clients are batched together)
     #[arg(long, default_value_t = Limits::default().max_batch)]
     max_batch: usize,
@@ -116,6 +120,11 @@ pub fn run_serve(args: ServeArgs) -> Result<()> {
     };
     if !(args.shutdown_grace_s >= 0.0 && args.shutdown_grace_s.is_finite()) {
         bail!("--shutdown-grace-s must be a non-negative number of seconds");
+    }
+    match args.intra_op_threads {
+        Some(n) if n < 1 => bail!("--intra-op-threads must be at least 1"),
+        Some(n) => tch::set_num_threads(n),
+        None => {}
     }
     let options = ServeOptions {
         model: args.model,
