@@ -36,7 +36,7 @@ pub struct ServeArgs {
     #[arg(long, default_value = "auto")]
     device: String,
     /// How the model runs: dense (every filter), gated (only each input's path) or auto
-    /// (gated on CPU, dense on CUDA)
+    /// (by batch size, as measured on CPU; dense on CUDA)
     #[arg(long, value_enum, default_value_t = Execution::Auto)]
     execution: Execution,
     /// Threads libtorch uses inside one operation (default: one per core). With a client on

@@ -15,10 +15,11 @@ use crate::error::Result;
 pub enum Execution {
     /// Every filter of every layer (the training graph in eval mode).
     Dense,
-    /// Only the open filters: per input at batch 1; for a batch, the union of its inputs'
-    /// open filters in each layer (the gates zero the rest).
+    /// Only the open filters: one pass per input for small batches; for larger ones, the
+    /// union of the inputs' open filters in each layer (the gates zero the rest).
     Gated,
-    /// Gated on CPU, dense on CUDA (see `Inference::strategy`).
+    /// Whichever measured faster for the batch size on the CPU; dense on CUDA (see
+    /// `Inference::strategy`).
     #[default]
     Auto,
 }
@@ -55,16 +56,23 @@ impl Inference {
         self.execution
     }
 
-    /// What runs a batch of `n` on `device`. Auto's choice is measured (`pathguard bench
-    /// execution`, BENCHMARKS.md "Gated execution"): on the CPU the union pass was faster than
-    /// dense at every batch size from 1 to 128 (about 2x at batch 1) and one pass per input
-    /// was never faster than the union. On CUDA every gated layer waits for the host to read
-    /// its open set, which the GPU's idle filters cannot repay; not measured yet on a GPU.
-    pub fn strategy(&self, _n: i64, device: Device) -> Strategy {
+    /// What runs a batch of `n` on `device`. The choices are measured (`pathguard bench
+    /// execution`, BENCHMARKS.md "Gated execution", 2 CPU cores): one gated pass per input
+    /// is about 2x dense at batch 1 and still ahead at 2, level with dense at 4 and behind it
+    /// from 8 on; the union pass is behind at 2-4, level at 8-32 and 7-10% ahead at 64-128
+    /// (almost every filter is open for some input of a large batch, so the union saves
+    /// little, but the folded BatchNorm saves an op per layer). On CUDA every gated layer
+    /// waits for the host to read its open set, which the GPU's idle filters cannot repay;
+    /// auto stays dense there (not measured on a GPU yet).
+    pub fn strategy(&self, n: i64, device: Device) -> Strategy {
+        const EACH_UP_TO: i64 = 2;
+        const UNION_FROM: i64 = 64;
         match (self.execution, device) {
             (Execution::Dense, _) => Strategy::Dense,
+            (Execution::Gated, _) if n <= 4 => Strategy::GatedEach,
             (Execution::Gated, _) => Strategy::GatedUnion,
-            (Execution::Auto, Device::Cpu) => Strategy::GatedUnion,
+            (Execution::Auto, Device::Cpu) if n <= EACH_UP_TO => Strategy::GatedEach,
+            (Execution::Auto, Device::Cpu) if n >= UNION_FROM => Strategy::GatedUnion,
             (Execution::Auto, _) => Strategy::Dense,
         }
     }
