@@ -54,11 +54,13 @@ echo "|---|---|---|---|"
 # Batch 1 gets 7 runs: our speed there depends on the process's address-space layout
 # (see BENCHMARKS.md), so single runs land in one of two modes.
 compare "forward, batch 1, 256 images (peer: PyTorch eager), median of 7" 7 \
-  "forward --batch 1 --images 256 --repeats 1" "forward --batch 1 --images 256 --repeats 1"
+  "forward --execution dense --batch 1 --images 256 --repeats 1" "forward --batch 1 --images 256 --repeats 1"
+compare "gated forward (only the path's filters), batch 1, 256 images (peer: PyTorch eager dense), median of 7" 7 \
+  "forward --execution gated --batch 1 --images 256 --repeats 1" "forward --batch 1 --images 256 --repeats 1"
 compare "forward, batch 128, 2,048 images (peer: PyTorch eager)" 3 \
-  "forward --batch 128 --images 2048 --repeats 1" "forward --batch 128 --images 2048 --repeats 1"
+  "forward --execution dense --batch 128 --images 2048 --repeats 1" "forward --batch 128 --images 2048 --repeats 1"
 compare "screen (forward + path + detector), batch 128 (peer: PyTorch eager plain forward)" 3 \
-  "screen --batch 128 --images 2048 --repeats 1" "forward --batch 128 --images 2048 --repeats 1"
+  "screen --execution dense --batch 128 --images 2048 --repeats 1" "forward --batch 128 --images 2048 --repeats 1"
 compare "FGSM eps 0.1, batch 128, 1,000 images (peer: torchattacks)" 3 \
   "fgsm --batch 128 --images 1000" "fgsm --batch 128 --images 1000"
 FGSM_A=$(field success_rate_on_correct "$LAST_A"); FGSM_B=$(field success_rate_on_correct "$LAST_B")
