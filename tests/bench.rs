@@ -62,3 +62,24 @@ fn bench_train_runs_an_epoch_and_bench_refuses_images_past_the_test_set() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(stderr.contains("--skip 9990 + --images 20 exceed the 10000 test images"), "{stderr}");
 }
+
+#[test]
+fn bench_execution_runs_dense_and_gated_side_by_side_with_the_same_outputs() {
+    let json = bench(&["execution", "--images", "24", "--repeats", "1", "--batches", "1,8"]);
+    let rows = json["rows"].as_array().unwrap();
+    assert_eq!(rows.iter().map(|r| r["batch"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 8]);
+    for row in rows {
+        for key in ["dense", "gated_union", "gated_each"] {
+            assert!(row[key].as_f64().unwrap() > 0.0, "{row}");
+        }
+    }
+    for (strategy, agreement) in json["agreement_with_dense"].as_object().unwrap() {
+        assert_eq!(agreement["inputs"].as_u64(), Some(24), "{strategy}");
+        assert_eq!(agreement["inputs_whose_path_differs"].as_u64(), Some(0), "{strategy}");
+        assert!(agreement["max_abs_logit_difference"].as_f64().unwrap() < 1e-4, "{strategy}");
+    }
+    for execution in ["dense", "gated", "auto"] {
+        let json = bench(&["forward", "--execution", execution, "--batch", "4", "--images", "16", "--repeats", "1"]);
+        assert_eq!(json["execution"].as_str(), Some(execution));
+    }
+}

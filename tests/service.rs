@@ -435,6 +435,15 @@ async fn screening_round_trip_validation_concurrency_streaming_and_metrics() {
     assert!(metrics.contains("pathguard_request_duration_seconds_bucket"));
     assert!(metrics.contains("pathguard_queue_wait_seconds_bucket"));
     assert!(metrics.contains("pathguard_batch_size_images_bucket"));
+    // Every stage of a screening request was timed at least once.
+    for stage in ["decode", "queue", "model", "detector", "encode"] {
+        let count = metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("pathguard_stage_duration_seconds_count{{stage=\"{stage}\"}}")))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {stage} stage in the metrics"));
+        assert!(count >= 1.0, "{stage}: {count}");
+    }
     assert!(metrics.contains("pathguard_images_flagged_total"));
 }
 
