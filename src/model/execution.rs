@@ -65,11 +65,14 @@ impl Inference {
     /// waits for the host to read its open set, which the GPU's idle filters cannot repay;
     /// auto stays dense there (not measured on a GPU yet).
     pub fn strategy(&self, n: i64, device: Device) -> Strategy {
+        // Auto: per input while that beats dense; the union once it beats dense.
         const EACH_UP_TO: i64 = 2;
         const UNION_FROM: i64 = 64;
+        // Gated: per input while that beats the union.
+        const GATED_EACH_UP_TO: i64 = 4;
         match (self.execution, device) {
             (Execution::Dense, _) => Strategy::Dense,
-            (Execution::Gated, _) if n <= 4 => Strategy::GatedEach,
+            (Execution::Gated, _) if n <= GATED_EACH_UP_TO => Strategy::GatedEach,
             (Execution::Gated, _) => Strategy::GatedUnion,
             (Execution::Auto, Device::Cpu) if n <= EACH_UP_TO => Strategy::GatedEach,
             (Execution::Auto, Device::Cpu) if n >= UNION_FROM => Strategy::GatedUnion,
