@@ -63,7 +63,6 @@ impl PathExpert {
     }
 }
 
-
 /// Noisy-OR of expert scores: 1 - prod(1 - s).
 pub fn noisy_or(scores: &[Array1<f64>]) -> Array1<f64> {
     let n = scores.first().map(|s| s.len()).unwrap_or(0);

@@ -8,8 +8,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::Result;
 use crate::model::{DecoupledCnn, GateMode};
-use crate::path::features::to_ndarray;
-use crate::path::{path_features, PathTemplates};
+use crate::path::features::{to_ndarray, PathViews};
+use crate::path::PathTemplates;
 
 /// Row-aligned views of N images (row i of every matrix is image i).
 #[derive(Debug, Clone)]
@@ -49,15 +49,16 @@ impl Representations {
             let x = images.narrow(0, start, len).to_device(device);
             model.check_input(&x)?;
             let out = tch::no_grad(|| model.forward_with_path(&x, GateMode::Eval));
+            let views = PathViews::of(&out, templates);
             parts.push(Representations {
                 predictions: Vec::<i64>::try_from(out.logits.argmax(1, false).to_device(Device::Cpu))
                     .expect("int64 predictions"),
-                path_features: path_features(&out, templates),
-                path_bits: to_ndarray(&out.path()),
+                path_features: views.statistics,
+                path_bits: views.path_bits,
                 probabilities: to_ndarray(&out.logits.softmax(1, Kind::Float)),
                 penultimate: to_ndarray(&out.penultimate),
                 activations: to_ndarray(&Tensor::cat(&out.pooled_outputs, 1)),
-                gate_logits: to_ndarray(&Tensor::cat(&out.gate_logits, 1)),
+                gate_logits: views.gate_logits,
                 layer_sizes: layer_sizes.clone(),
             });
         }
