@@ -9,7 +9,8 @@
 //! - [`model`]: the decoupled CNN of Li et al. (ECCV 2020): configuration, the architecture
 //!   controlling module (gates), the network whose forward pass returns logits and path, the
 //!   three decoupling losses, and safetensors checkpoints with a JSON config.
-//! - [`train`]: the training loop (joint or pretrain-then-decouple) and evaluation (accuracy,
+//! - [`train`]: the training loop (joint or pretrain-then-decouple, clean or adversarial via
+//!   [`adversarial_training`]) and evaluation (accuracy,
 //!   open-gate fractions, conv FLOPs a path needs, distances between class templates).
 //! - [`path`]: per-class path templates and distances.
 //! - [`attack_set`]: attacks from the `attacks` crate run against the model over a data
@@ -25,6 +26,7 @@
 //!   the `pathguard screen` client.
 //! - [`device`]: `auto | cpu | cuda[:N]`.
 
+pub mod adversarial_training;
 pub mod atomic;
 pub mod attack_material;
 pub mod attack_set;

@@ -11,8 +11,9 @@ use pathguard::attack_set::{run_attack, run_attack_until, write_attack_set, Atta
 use pathguard::detector::{PathDetector, DETECTOR_FILE};
 use pathguard::detector_fit::{fit_path_detector, FitOptions};
 use pathguard::device::{device_name, parse_device};
-use pathguard::model::{Checkpoint, Execution, LossWeights, ModelConfig};
-use pathguard::train::{evaluate, recalibrate_batchnorm, train, EvalReport, Recipe, TrainOptions, TrainingRecord};
+use pathguard::model::{Checkpoint, Execution};
+use pathguard::train::{evaluate, recalibrate_batchnorm, EvalReport};
+use commands::data_args::{load_split, DataArgs};
 
 #[derive(Parser)]
 #[command(name = "pathguard", version, about = "Screens images for adversarial examples by their calculation paths")]
@@ -25,7 +26,7 @@ struct Cli {
 enum Command {
     /// Train a decoupled CNN on Fashion-MNIST and save it as a checkpoint directory.
     #[command(allow_negative_numbers = true)]
-    Train(TrainArgs),
+    Train(commands::train::TrainArgs),
     /// Evaluate a checkpoint on the Fashion-MNIST test split.
     Eval(EvalArgs),
     /// Show a checkpoint's metadata and the devices libtorch can use.
@@ -263,77 +264,6 @@ struct AttackArgs {
     out: PathBuf,
 }
 
-#[derive(Args)]
-struct DataArgs {
-    /// Directory with the Fashion-MNIST IDX files [default: $PATHGUARD_DATA or /usr/share/datasets/fashion-mnist]
-    #[arg(long)]
-    data: Option<PathBuf>,
-    /// auto (GPU if CUDA works), cpu, cuda or cuda:N
-    #[arg(long, default_value = "auto")]
-    device: String,
-}
-
-#[derive(Args)]
-struct TrainArgs {
-    #[command(flatten)]
-    data: DataArgs,
-    /// Output checkpoint directory
-    #[arg(long, default_value = "runs/model")]
-    out: PathBuf,
-    #[arg(long, default_value_t = TrainOptions::default().epochs)]
-    epochs: usize,
-    /// Use only the first N training images (quick runs)
-    #[arg(long)]
-    limit: Option<usize>,
-    /// Use only the first N test images for the per-epoch evaluation
-    #[arg(long)]
-    test_limit: Option<usize>,
-    /// joint (gates and weights from scratch) or pretrain (plain CNN first, then decouple)
-    #[arg(long, default_value = "joint")]
-    recipe: Recipe,
-    /// Plain-CNN epochs before decoupling (recipe pretrain)
-    #[arg(long, default_value_t = TrainOptions::default().pretrain_epochs)]
-    pretrain_epochs: usize,
-    #[arg(long, default_value_t = TrainOptions::default().batch_size)]
-    batch_size: usize,
-    /// Peak learning rate (AdamW, one-cycle schedule)
-    #[arg(long, default_value_t = TrainOptions::default().learning_rate)]
-    lr: f64,
-    #[arg(long, default_value_t = TrainOptions::default().weight_decay)]
-    weight_decay: f64,
-    /// lambda_m, weight of the mutual-information heads
-    #[arg(long, default_value_t = TrainOptions::default().loss.mutual_information)]
-    lambda_mi: f64,
-    /// lambda_k, weight of the KL alignment
-    #[arg(long, default_value_t = TrainOptions::default().loss.alignment)]
-    lambda_kl: f64,
-    /// lambda_s, weight of the sparsity term
-    #[arg(long, default_value_t = TrainOptions::default().loss.sparsity)]
-    lambda_sparsity: f64,
-    /// Target open fraction of the sparsity term (0 = plain L1)
-    #[arg(long, default_value_t = TrainOptions::default().loss.target_density)]
-    target_density: f64,
-    /// Last epochs with noise-free hard gates (counted within --epochs)
-    #[arg(long, default_value_t = TrainOptions::default().hard_gate_epochs)]
-    hard_gate_epochs: usize,
-    /// Disable random horizontal flips
-    #[arg(long)]
-    no_augment: bool,
-    /// Random translation of training images by up to this many pixels (0 = off)
-    #[arg(long, default_value_t = TrainOptions::default().max_shift)]
-    max_shift: i64,
-    #[arg(long, default_value_t = 0)]
-    seed: i64,
-    /// Architecture preset: fashion-mnist or tiny (for tests)
-    #[arg(long, default_value = "fashion-mnist")]
-    preset: String,
-    /// Override the preset's filter counts, one per conv layer (e.g. 32,32,64,64,128,128)
-    #[arg(long, value_delimiter = ',')]
-    widths: Option<Vec<i64>>,
-    /// Start from this checkpoint's weights (and architecture) instead of a fresh network
-    #[arg(long, conflicts_with_all = ["preset", "widths"])]
-    init: Option<PathBuf>,
-}
 
 #[derive(Args)]
 struct EvalArgs {
@@ -365,7 +295,7 @@ struct InfoArgs {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Train(args) => run_train(args),
+        Command::Train(args) => commands::train::run_train(args),
         Command::Eval(args) => run_eval(args),
         Command::Info(args) => run_info(args),
         Command::Attack(args) => run_attack_command(args),
@@ -397,87 +327,6 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-fn load_split(args: &DataArgs, split: Split, limit: Option<usize>) -> Result<fashion_mnist::Dataset> {
-    let dir = args.data.clone().unwrap_or_else(fashion_mnist::default_dir);
-    let data = fashion_mnist::load(&dir, split)?;
-    Ok(match limit {
-        Some(n) => data.take(n),
-        None => data,
-    })
-}
-
-fn run_train(args: TrainArgs) -> Result<()> {
-    let device = parse_device(&args.data.device)?;
-    let mut config = match args.preset.as_str() {
-        "fashion-mnist" => ModelConfig::fashion_mnist(),
-        "tiny" => ModelConfig::tiny(),
-        other => anyhow::bail!("unknown preset {other:?}; use fashion-mnist or tiny"),
-    };
-    if let Some(widths) = &args.widths {
-        config = config.with_widths(widths)?;
-    }
-    let options = TrainOptions {
-        epochs: args.epochs,
-        recipe: args.recipe,
-        pretrain_epochs: args.pretrain_epochs,
-        batch_size: args.batch_size,
-        learning_rate: args.lr,
-        weight_decay: args.weight_decay,
-        loss: LossWeights {
-            mutual_information: args.lambda_mi,
-            alignment: args.lambda_kl,
-            sparsity: args.lambda_sparsity,
-            target_density: args.target_density,
-        },
-        augment: !args.no_augment,
-        hard_gate_epochs: args.hard_gate_epochs,
-        max_shift: args.max_shift,
-        seed: args.seed,
-    };
-    options.validate()?;
-    let train_set = load_split(&args.data, Split::Train, args.limit)?;
-    let test_set = load_split(&args.data, Split::Test, args.test_limit)?;
-    tch::manual_seed(args.seed);
-    let (mut checkpoint, initialized_from) = match &args.init {
-        Some(dir) => {
-            let mut loaded = Checkpoint::load(dir, device)?;
-            let hash = loaded.model_hash().to_string();
-            loaded.meta.training = None;
-            (loaded, Some(hash))
-        }
-        None => (Checkpoint::new(&config, &fashion_mnist::CLASS_NAMES, device)?, None),
-    };
-    eprintln!(
-        "training on {} ({} train / {} test images, recipe {:?}, {} epochs)",
-        device_name(device),
-        train_set.len(),
-        test_set.len(),
-        options.recipe,
-        options.epochs
-    );
-    let history = train(&checkpoint.vs, &checkpoint.model, &train_set, &test_set, &options, |m| {
-        let open: Vec<String> = m.test.open_fraction.iter().map(|f| format!("{f:.2}")).collect();
-        println!(
-            "epoch {:>2} [{}] ce {:.4} mi {:.4} kl {:.4} sparsity {:.2} | train acc {:.4} test acc {:.4} | open [{}] mean {:.3} flops {:.3} | {:.0} s, {:.0} img/s",
-            m.epoch, m.phase, m.cross_entropy, m.mutual_information, m.alignment, m.sparsity,
-            m.train_accuracy, m.test.accuracy, open.join(" "), m.test.mean_open_fraction,
-            m.test.mean_flops_fraction, m.seconds, m.train_images_per_second
-        );
-    })?;
-    checkpoint.meta.training = Some(TrainingRecord {
-        options,
-        device: device_name(device),
-        train_examples: train_set.len(),
-        test_examples: test_set.len(),
-        initialized_from,
-        batchnorm_recalibrated: None,
-        epochs: history,
-    });
-    checkpoint.save(&args.out).with_context(|| format!("saving to {}", args.out.display()))?;
-    eprintln!("saved {} (weights sha256 {})", args.out.display(), checkpoint.model_hash());
-    Ok(())
 }
 
 fn run_eval(args: EvalArgs) -> Result<()> {

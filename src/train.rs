@@ -5,10 +5,11 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
+use crate::adversarial_training::{kl_divergence, robust_accuracy, AdversarialMethod, AdversarialOptions, RobustAccuracy};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::gate::GateMode;
-use crate::model::losses::decoupling_loss;
+use crate::model::losses::{decoupling_loss, LossTerms};
 use crate::model::{DecoupledCnn, Execution, Inference, LossWeights};
 use crate::path::{class_templates, off_diagonal_mean_min, template_hamming};
 use crate::progress;
@@ -58,6 +59,9 @@ pub struct TrainOptions {
     #[serde(default)]
     pub max_shift: i64,
     pub seed: i64,
+    /// Train on adversarial inputs (see [`crate::adversarial_training`]); `None` = clean.
+    #[serde(default)]
+    pub adversarial: Option<AdversarialOptions>,
 }
 
 impl Default for TrainOptions {
@@ -79,6 +83,7 @@ impl Default for TrainOptions {
             hard_gate_epochs: 0,
             max_shift: 0,
             seed: 0,
+            adversarial: None,
         }
     }
 }
@@ -107,6 +112,9 @@ impl TrainOptions {
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return fail(format!("weight_decay must be >= 0, got {}", self.weight_decay));
+        }
+        if let Some(adversarial) = &self.adversarial {
+            adversarial.validate()?;
         }
         self.loss.validate()
     }
@@ -140,6 +148,12 @@ pub struct EpochMetrics {
     /// Accuracy on the training batches with training-mode (noisy) gates.
     pub train_accuracy: f64,
     pub test: EvalReport,
+    /// Adversarial training: the radius this epoch ended at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adversarial_eps: Option<f64>,
+    /// Adversarial training: clean and PGD accuracy on test images after the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub robust: Option<RobustAccuracy>,
     pub seconds: f64,
     pub train_images_per_second: f64,
 }
@@ -182,26 +196,36 @@ pub struct EvalReport {
     pub images_per_second: f64,
 }
 
-/// Trains `model` (whose variables are in `vs`) and reports after every epoch.
+/// Trains `model` (whose variables are in `vs`), calling `on_epoch` after every epoch (the
+/// caller saves a checkpoint there; its error stops training). The first `completed` epochs
+/// are skipped: a resumed run whose weights already hold them. The learning-rate schedule, the
+/// eps ramp and the random stream of each epoch (seeded from `seed` and the epoch) continue
+/// where an uninterrupted run would be; only AdamW's moment estimates start afresh.
+/// Returns the metrics of the epochs trained now.
 pub fn train(
     vs: &nn::VarStore,
     model: &DecoupledCnn,
     train_set: &Dataset,
     test_set: &Dataset,
     options: &TrainOptions,
-    mut on_epoch: impl FnMut(&EpochMetrics),
+    completed: usize,
+    mut on_epoch: impl FnMut(&EpochMetrics) -> Result<()>,
 ) -> Result<Vec<EpochMetrics>> {
     options.validate()?;
     if train_set.is_empty() || test_set.is_empty() {
         return Err(Error::Config("training and test sets must not be empty".into()));
     }
-    tch::manual_seed(options.seed);
+    if completed > options.epochs {
+        return Err(Error::Config(format!("{completed} epochs already done of {}", options.epochs)));
+    }
     let device = vs.device();
     let mut optimizer = nn::AdamW { wd: options.weight_decay, ..Default::default() }
         .build(vs, options.learning_rate)?;
     let n = train_set.len() as i64;
     let batch = options.batch_size as i64;
     let batches = (n + batch - 1) / batch;
+    let adversarial = options.adversarial.as_ref();
+    let warmup_steps = adversarial.map_or(0, |a| a.eps_warmup_epochs as i64 * batches);
     let mut history = Vec::new();
     let mut epoch = 0;
     for (mode, phase_epochs) in options.phases() {
@@ -209,10 +233,18 @@ pub fn train(
         let mut step = 0;
         for _ in 0..phase_epochs {
             epoch += 1;
+            if epoch <= completed {
+                step += batches;
+                continue;
+            }
+            // Epoch 1 keeps the stream seeded once at the start (as before resumable runs);
+            // later epochs reseed so that a resumed run draws what an uninterrupted one would.
+            tch::manual_seed(if epoch == 1 { options.seed } else { options.seed.wrapping_mul(1_000).wrapping_add(epoch as i64) });
             let started = Instant::now();
             let bar = progress::bar(batches as u64, format!("epoch {epoch}"));
             let mut sums = [0f64; 4];
             let mut correct = 0i64;
+            let mut epoch_eps = None;
             let order = Tensor::randperm(n, (Kind::Int64, Device::Cpu));
             for b in 0..batches {
                 let len = batch.min(n - b * batch);
@@ -226,15 +258,32 @@ pub fn train(
                     x = random_shift(&x, options.max_shift);
                 }
                 optimizer.set_lr(one_cycle_lr(options.learning_rate, step, total_steps));
+                let global_step = (epoch as i64 - 1) * batches + b;
                 step += 1;
-                let out = model.forward_with_path(&x, mode);
-                let terms = decoupling_loss(&out, &y, &options.loss);
-                let loss = if mode == GateMode::PlainTrain {
-                    &terms.cross_entropy
-                } else {
-                    &terms.total
+                let crafted = adversarial.map(|a| {
+                    let eps = a.eps_at(global_step, warmup_steps);
+                    epoch_eps = Some(eps);
+                    (a, a.perturb(model, &x, &y, eps))
+                });
+                let (out, loss, terms) = match &crafted {
+                    // TRADES: the decoupling loss on clean inputs, plus beta * KL(clean || crafted).
+                    Some((a, x_adv)) if a.method == AdversarialMethod::Trades => {
+                        let out = model.forward_with_path(&x, mode);
+                        let terms = decoupling_loss(&out, &y, &options.loss);
+                        let clean = out.logits.softmax(1, Kind::Float);
+                        let divergence = kl_divergence(&clean, &model.logits(x_adv, mode));
+                        let loss = selected_loss(&terms, mode) + divergence * a.beta;
+                        (out, loss, terms)
+                    }
+                    _ => {
+                        let input = crafted.as_ref().map_or(&x, |(_, x_adv)| x_adv);
+                        let out = model.forward_with_path(input, mode);
+                        let terms = decoupling_loss(&out, &y, &options.loss);
+                        let loss = selected_loss(&terms, mode).shallow_clone();
+                        (out, loss, terms)
+                    }
                 };
-                optimizer.backward_step(loss);
+                optimizer.backward_step(&loss);
                 for (sum, term) in sums.iter_mut().zip([
                     &terms.cross_entropy,
                     &terms.mutual_information,
@@ -249,6 +298,12 @@ pub fn train(
             bar.finish_and_clear();
             let train_seconds = started.elapsed().as_secs_f64();
             let test = evaluate(model, test_set, device, 500, false, Execution::Dense)?;
+            let robust = match adversarial {
+                Some(a) if a.eval_images > 0 => {
+                    Some(robust_accuracy(model, test_set, device, a.eps, a.eval_steps, a.eval_images, options.seed)?)
+                }
+                _ => None,
+            };
             let metrics = EpochMetrics {
                 epoch,
                 phase: match mode {
@@ -263,14 +318,24 @@ pub fn train(
                 sparsity: sums[3] / n as f64,
                 train_accuracy: correct as f64 / n as f64,
                 test,
+                adversarial_eps: epoch_eps,
+                robust,
                 seconds: started.elapsed().as_secs_f64(),
                 train_images_per_second: n as f64 / train_seconds,
             };
-            on_epoch(&metrics);
+            on_epoch(&metrics)?;
             history.push(metrics);
         }
     }
     Ok(history)
+}
+
+/// The loss a phase optimises: cross-entropy alone for the plain CNN, all terms otherwise.
+fn selected_loss(terms: &LossTerms, mode: GateMode) -> &Tensor {
+    match mode {
+        GateMode::PlainTrain => &terms.cross_entropy,
+        _ => &terms.total,
+    }
 }
 
 /// Re-estimates every BatchNorm's running statistics with inference-mode (noise-free) gates

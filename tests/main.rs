@@ -22,6 +22,7 @@ mod python_client;
 mod pytorch_reference;
 mod service;
 mod shipped_model;
+mod training_runs;
 
 use std::path::PathBuf;
 

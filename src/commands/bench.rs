@@ -130,7 +130,7 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
                 .map(|_| {
                     let checkpoint = Checkpoint::load(&args.model, device)?;
                     // The per-epoch test evaluation is not part of the timed figure.
-                    let history = train(&checkpoint.vs, &checkpoint.model, &train_set, &test.take(1), &options, |_| {})?;
+                    let history = train(&checkpoint.vs, &checkpoint.model, &train_set, &test.take(1), &options, 0, |_| Ok(()))?;
                     Ok(history[0].train_images_per_second)
                 })
                 .collect::<Result<Vec<_>>>()?;

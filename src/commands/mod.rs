@@ -4,9 +4,11 @@
 pub mod adaptive;
 pub mod bench;
 pub mod corrupt;
+pub mod data_args;
 pub mod distribution;
 pub mod explain;
 pub mod load_test;
 pub mod paths;
 pub mod service;
 pub mod stage_times;
+pub mod train;

@@ -98,22 +98,28 @@ impl Checkpoint {
 
     /// Writes the checkpoint to `dir` (created if missing), updating `meta.weights_sha256`.
     pub fn save(&mut self, dir: &Path) -> Result<()> {
+        Self::save_parts(&self.vs, &mut self.meta, dir)
+    }
+
+    /// [`Checkpoint::save`] for a checkpoint borrowed apart (training reads `vs` while the
+    /// metadata of each epoch is written).
+    pub fn save_parts(vs: &nn::VarStore, meta: &mut ModelMeta, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let weights = dir.join(WEIGHTS_FILE);
         // tch picks the format by extension, so the temp name ends in .safetensors too.
         let tmp = dir.join(format!(".{WEIGHTS_FILE}.{}.tmp.safetensors", std::process::id()));
         let result = (|| {
-            self.vs.save(&tmp)?;
+            vs.save(&tmp)?;
             let bytes = std::fs::read(&tmp).map_err(|e| Error::io(&tmp, e))?;
             std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
-            self.meta.weights_sha256 = sha256_hex(&bytes);
+            meta.weights_sha256 = sha256_hex(&bytes);
             std::fs::rename(&tmp, &weights).map_err(|e| Error::io(&weights, e))
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
         result?;
-        let json = serde_json::to_vec_pretty(&self.meta).expect("metadata serialises");
+        let json = serde_json::to_vec_pretty(&*meta).expect("metadata serialises");
         write_atomic(&dir.join(CONFIG_FILE), &json)
     }
 
