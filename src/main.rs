@@ -373,8 +373,8 @@ fn run_info(args: InfoArgs) -> Result<()> {
     println!("  classes         {}", meta.class_names.join(", "));
     println!("  input           {:?} {} in {:?}, {}", meta.pixel_convention.shape, meta.pixel_convention.dtype, meta.pixel_convention.range, meta.pixel_convention.layout);
     println!("  gated layers    {:?} filters", meta.architecture.gate_sizes());
-    if let Some(last) = meta.training.as_ref().and_then(|t| t.epochs.last()) {
-        println!("  last training   {} epoch(s) (stage started from {}), test accuracy {:.4}, mean open fraction {:.3}", last.epoch, meta.training.as_ref().and_then(|t| t.initialized_from.clone()).unwrap_or_else(|| "scratch".into()), last.test.accuracy, last.test.mean_open_fraction);
+    if let Some(training) = &meta.training {
+        println!("  last training   {}", training.summary());
     }
     Ok(())
 }

@@ -174,6 +174,29 @@ pub struct TrainingRecord {
     pub batchnorm_recalibrated: Option<EvalReport>,
 }
 
+impl TrainingRecord {
+    /// One line on how the last training stage ran: clean or adversarial (method and eps),
+    /// its epochs, where it started, and its last test (and PGD) accuracy.
+    pub fn summary(&self) -> String {
+        let kind = match &self.options.adversarial {
+            Some(a) => format!("adversarial training ({} at L-inf eps {})", serde_json::to_value(a.method).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(), a.eps),
+            None => "clean training (no adversarial inputs)".to_string(),
+        };
+        let start = match &self.initialized_from {
+            Some(hash) => format!("from {}", &hash[..hash.len().min(12)]),
+            None => "from scratch".to_string(),
+        };
+        let mut line = format!("{kind}, {} of {} epoch(s) {start}", self.epochs.len(), self.options.epochs);
+        if let Some(last) = self.epochs.last() {
+            line += &format!(", test accuracy {:.4}", last.test.accuracy);
+            if let Some(r) = &last.robust {
+                line += &format!(", PGD-{} accuracy {:.4} at eps {} on {} test images", r.steps, r.pgd_accuracy, r.eps, r.images);
+            }
+        }
+        line
+    }
+}
+
 /// Evaluation of a model on a data set (eval-mode hard gates).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalReport {

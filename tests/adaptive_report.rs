@@ -32,11 +32,17 @@ fn adaptive_report_takes_the_best_attack_per_image() {
             assert!(r["max_norm"].as_f64().unwrap() <= eps + 1e-4, "{} exceeds its budget", r["attack"]);
             assert!((r["robust_detection_accuracy"].as_f64().unwrap() + sr(r) - 1.0).abs() < 1e-9);
         }
+        // The model alone is right at most where some attack failed to misclassify: never more
+        // often than 1 - the misclassification rate of any single attack.
+        let alone = b["model_alone_accuracy"].as_f64().unwrap();
+        for r in results {
+            assert!(alone <= 1.0 - r["misclassified"].as_f64().unwrap() + 1e-9, "{} eps {}: alone {alone} vs {}", b["norm"], b["eps"], r["attack"]);
+        }
     }
     let sanity = report["sanity"].as_array().unwrap();
     assert_eq!(sanity.len(), 4);
     let twin = sanity.iter().find(|c| c["check"].as_str().unwrap().contains("twin")).unwrap();
     assert_eq!(twin["holds"], true, "{twin}");
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(md.contains("## Sanity checks") && md.contains("best adaptive"), "{md}");
+    assert!(md.contains("## Sanity checks") && md.contains("best adaptive") && md.contains("model alone"), "{md}");
 }

@@ -196,6 +196,7 @@ async fn screening_round_trip_validation_concurrency_streaming_and_metrics() {
     assert_eq!(info.model_hash.len(), 64);
     assert!(info.threshold > 0.0 && info.threshold < 1.0);
     assert_eq!(info.device, "cpu");
+    assert!(info.training.starts_with("clean training") && info.training.contains("test accuracy 0.9300"), "{}", info.training);
 
     // Clean images, and PGD versions of them made by the server itself.
     let (images, labels) = test_images(128);

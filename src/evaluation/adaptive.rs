@@ -67,6 +67,10 @@ pub struct BudgetResult {
     pub norm: String,
     pub eps: f64,
     pub results: Vec<AdaptiveResult>,
+    /// The model without its detector: images classified correctly clean and after every
+    /// attack run at this budget (any attack's misclassification counts, flagged or not).
+    #[serde(default)]
+    pub model_alone_accuracy: f64,
 }
 
 impl BudgetResult {
@@ -132,6 +136,7 @@ struct Evaluator<'a> {
     twin: DetectorTwin,
     options: &'a AdaptiveOptions,
     clean_scores: Vec<f64>,
+    clean_wrong: Vec<bool>,
 }
 
 pub fn evaluate_adaptive(inputs: &AdaptiveInputs, options: &AdaptiveOptions, command: String) -> Result<AdaptiveReport> {
@@ -142,9 +147,10 @@ pub fn evaluate_adaptive(inputs: &AdaptiveInputs, options: &AdaptiveOptions, com
     let guarded = GuardedModel::new(inputs.model, inputs.detector, inputs.device)
         .with_reference_paths(&inputs.references.images.to_device(inputs.device), &inputs.references.labels.to_device(inputs.device))?;
     let mut evaluator =
-        Evaluator { inputs, guarded, twin: DetectorTwin::new(inputs.detector, inputs.device), options, clean_scores: Vec::new() };
+        Evaluator { inputs, guarded, twin: DetectorTwin::new(inputs.detector, inputs.device), options, clean_scores: Vec::new(), clean_wrong: Vec::new() };
     let clean = evaluator.verdicts(&inputs.test.images)?;
     evaluator.clean_scores = clean.scores.clone();
+    evaluator.clean_wrong = clean.wrong.clone();
     let n = inputs.test.len() as f64;
     let threshold = inputs.detector.threshold();
     let clean_accuracy = clean.wrong.iter().filter(|&&w| !w).count() as f64 / n;
@@ -188,7 +194,10 @@ impl Evaluator<'_> {
         kinds.extend(self.options.lambdas.iter().map(|&lambda| AdaptiveKind::Lagrangian { lambda }));
         kinds.push(AdaptiveKind::ExtraClass);
         kinds.push(AdaptiveKind::PathMatching { weight: self.options.path_weight });
-        let mut results = vec![self.oblivious(ball, eps)?];
+        let (oblivious, oblivious_verdicts) = self.oblivious(ball, eps)?;
+        let mut results = vec![oblivious];
+        // Per image: misclassified by some attack (or already clean), for the model alone.
+        let mut wrong_any: Vec<bool> = self.clean_wrong.iter().zip(&oblivious_verdicts.wrong).map(|(&a, &b)| a || b).collect();
         // Per image: the evading image with the lowest score so far, else the lowest-scoring
         // misclassified one, else any.
         let mut best: Option<(Tensor, Verdicts)> = None;
@@ -196,6 +205,7 @@ impl Evaluator<'_> {
         for kind in kinds {
             let (result, images, verdicts) = self.run_attack(kind, ball, eps)?;
             seconds += result.seconds;
+            wrong_any.iter_mut().zip(&verdicts.wrong).for_each(|(any, &w)| *any |= w);
             results.push(result);
             best = Some(match best {
                 None => (images, verdicts),
@@ -219,6 +229,7 @@ impl Evaluator<'_> {
                     let images = self.perturb(&attack, &subset, &labels, Some(&targets))?;
                     seconds += started.elapsed().as_secs_f64();
                     let verdicts = self.verdicts_for(&images, &labels)?;
+                    remaining.iter().zip(&verdicts.wrong).for_each(|(&i, &w)| wrong_any[i as usize] |= w);
                     let (held, held_verdicts) = (best_images.index_select(0, &rows), pick(&best_verdicts, &remaining));
                     let (merged, merged_verdicts) = merge(held, held_verdicts, images, verdicts, threshold);
                     best_images = best_images.index_copy(0, &rows, &merged);
@@ -230,7 +241,9 @@ impl Evaluator<'_> {
         best_result.seconds = seconds;
         eprintln!("{} eps {eps}: best adaptive SR@5 {:.3}", norm_name(ball), best_result.sr_at_5);
         results.push(best_result);
-        Ok(BudgetResult { norm: norm_name(ball).into(), eps, results })
+        let model_alone_accuracy = wrong_any.iter().filter(|&&w| !w).count() as f64 / wrong_any.len() as f64;
+        eprintln!("{} eps {eps}: model alone, correct under every attack {model_alone_accuracy:.3}", norm_name(ball));
+        Ok(BudgetResult { norm: norm_name(ball).into(), eps, results, model_alone_accuracy })
     }
 
     fn attack(&self, kind: AdaptiveKind, ball: Ball, eps: f64) -> Result<AdaptivePgd> {
@@ -258,7 +271,7 @@ impl Evaluator<'_> {
     }
 
     /// PGD on the classifier alone (surrogate gate gradients), judged the same way.
-    fn oblivious(&self, ball: Ball, eps: f64) -> Result<AdaptiveResult> {
+    fn oblivious(&self, ball: Ball, eps: f64) -> Result<(AdaptiveResult, Verdicts)> {
         let kind = match ball {
             Ball::Linf => IterativeKind::PgdLinf,
             Ball::L2 => IterativeKind::PgdL2,
@@ -271,9 +284,10 @@ impl Evaluator<'_> {
             attacks::Attack::perturb(&attack, &classifier, x, y, &Goal::Untargeted).map_err(attack_error)
         })?;
         let seconds = started.elapsed().as_secs_f64();
-        let mut result = self.judge(OBLIVIOUS, &images, &self.verdicts(&images)?, ball)?;
+        let verdicts = self.verdicts(&images)?;
+        let mut result = self.judge(OBLIVIOUS, &images, &verdicts, ball)?;
         result.seconds = seconds;
-        Ok(result)
+        Ok((result, verdicts))
     }
 
     fn perturb(&self, attack: &AdaptivePgd, images: &Tensor, labels: &Tensor, targets: Option<&Tensor>) -> Result<Tensor> {
@@ -492,6 +506,23 @@ impl AdaptiveReport {
                 let _ = write!(md, " {:.3} |", b.results[i].sr_at_5);
             }
             md.push('\n');
+        }
+        let _ = writeln!(
+            md,
+            "\n## The model alone and with its detector\n\nA user who acts on the prediction alone is right \
+             on the images classified correctly clean and after every attack above (any misclassification \
+             counts); one who also acts on the flag is right on the correct or flagged ones (best adaptive).\n\n\
+             | budget | model alone: accuracy under every attack | model + detector: robust detection accuracy |\n|---|---|---|"
+        );
+        for b in &self.budgets {
+            let _ = writeln!(
+                md,
+                "| {} {} | {:.3} | {:.3} |",
+                b.norm,
+                b.eps,
+                b.model_alone_accuracy,
+                b.best().robust_detection_accuracy
+            );
         }
         for b in &self.budgets {
             let _ = writeln!(md, "\n## {} eps {}\n", b.norm, b.eps);

@@ -360,6 +360,7 @@ impl Screening for ScreeningService {
                 detector_kind: info.detector_kind.clone(),
                 threshold: info.threshold as f32,
                 detector_hash: info.detector_hash.clone(),
+                training: info.training.clone(),
                 limits: Some(LimitsMessage {
                     max_images_per_request: limits.max_images_per_request as u32,
                     max_batch: limits.max_batch as u32,

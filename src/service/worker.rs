@@ -37,6 +37,8 @@ pub struct ModelInfo {
     /// Per class, how often clean images switch each filter on (the detector's templates).
     pub templates: Vec<Vec<f32>>,
     pub device: String,
+    /// [`crate::train::TrainingRecord::summary`] of the checkpoint.
+    pub training: String,
 }
 
 struct ScreenJob {
@@ -240,6 +242,7 @@ fn model_info(s: &Screener) -> ModelInfo {
         expert_names: s.detector.experts.iter().map(|e| e.name.clone()).collect(),
         templates: s.detector.templates.frequencies.clone(),
         device: crate::device::device_name(s.device),
+        training: s.checkpoint.meta.training.as_ref().map_or_else(|| "no training record".to_string(), |t| t.summary()),
     }
 }
 
