@@ -33,6 +33,18 @@ pub enum AdversarialMethod {
     Trades,
 }
 
+impl AdversarialMethod {
+    /// The name on the command line and in `config.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            AdversarialMethod::FgsmRs => "fgsm-rs",
+            AdversarialMethod::NFgsm => "n-fgsm",
+            AdversarialMethod::Pgd => "pgd",
+            AdversarialMethod::Trades => "trades",
+        }
+    }
+}
+
 /// Adversarial-training settings. Checked by [`AdversarialOptions::validate`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdversarialOptions {
@@ -274,6 +286,15 @@ mod tests {
         assert!((options.eps_at(4, 10) - 0.05).abs() < 1e-12);
         assert_eq!(options.eps_at(50, 10), 0.1);
         assert_eq!(options.eps_at(0, 0), 0.1);
+    }
+
+    #[test]
+    fn method_names_are_the_serialised_ones() {
+        use clap::ValueEnum;
+        for method in AdversarialMethod::value_variants() {
+            assert_eq!(serde_json::to_value(method).unwrap(), method.name());
+            assert_eq!(method.to_possible_value().unwrap().get_name(), method.name());
+        }
     }
 
     #[test]

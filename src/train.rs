@@ -179,7 +179,7 @@ impl TrainingRecord {
     /// its epochs, where it started, and its last test (and PGD) accuracy.
     pub fn summary(&self) -> String {
         let kind = match &self.options.adversarial {
-            Some(a) => format!("adversarial training ({} at L-inf eps {})", serde_json::to_value(a.method).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(), a.eps),
+            Some(a) => format!("adversarial training ({} at L-inf eps {})", a.method.name(), a.eps),
             None => "clean training (no adversarial inputs)".to_string(),
         };
         let start = match &self.initialized_from {

@@ -204,7 +204,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
             done => format!(", resuming after epoch {done}"),
         },
         match &options.adversarial {
-            Some(a) => format!(", adversarial {:?} eps {}", a.method, a.eps),
+            Some(a) => format!(", adversarial {} at eps {}", a.method.name(), a.eps),
             None => String::new(),
         }
     );
