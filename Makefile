@@ -32,7 +32,8 @@ STAGE4_ARGS := --epochs 1 --hard-gate-epochs 1 --lr 1.5e-4 --lambda-sparsity 2e-
 DETECTOR_ARGS := --limit 3000 --eps 0.05,0.1,0.2 --methods fgsm,pgd,pgd-early-stop --seed 0
 # The adversarially trained model (models/robust): the shipped model fine-tuned on N-FGSM inputs
 # at L-inf eps 0.1 (eps ramped up over 2 epochs), the last epoch with noise-free hard gates;
-# about 9 minutes an epoch on 2 cores, resumable (a checkpoint per epoch in runs/robust).
+# about 9 minutes an epoch on 2 cores alone, resumable (a checkpoint per epoch in runs/robust,
+# committed, so that a stopped run continues from any clone).
 ROBUST_ARGS := --init models/default --epochs 8 --hard-gate-epochs 1 --lr 1e-3 --adversarial n-fgsm \
   --adv-eps 0.1 --adv-eps-warmup-epochs 2 --adv-eval-images 500 --seed 0
 
@@ -146,10 +147,10 @@ adaptive-report: build
 # The adversarially trained model. Training resumes where a stopped run left off; the
 # checkpoint is copied into models/robust (config last) only once all epochs are done.
 robust-model: build
-	mkdir -p runs models/robust/training-logs
-	set -o pipefail; $(BIN) train --out runs/robust --resume $(ROBUST_ARGS) | tee -a runs/robust.log
+	mkdir -p runs/robust models/robust/training-logs
+	set -o pipefail; $(BIN) train --out runs/robust --resume $(ROBUST_ARGS) | tee -a runs/robust/train.log
 	cp runs/robust/model.safetensors models/robust/ && cp runs/robust/config.json models/robust/
-	cp runs/robust.log models/robust/training-logs/train.log
+	cp runs/robust/train.log models/robust/training-logs/train.log
 	$(BIN) fit-detector --model models/robust $(DETECTOR_ARGS)
 	$(BIN) eval --model models/robust --json
 
