@@ -111,6 +111,8 @@ impl AdversarialOptions {
 
     /// Inputs to train on for clean images `x` with labels `y` at radius `eps`: detached,
     /// in [0, 1]. Model gradients are not touched (only the input's gradient is taken).
+    /// Not `attacks::Iterative`: its random start reseeds the global generator on every call,
+    /// which would replay the same noise and flips in every training batch.
     pub fn perturb(&self, model: &DecoupledCnn, x: &Tensor, y: &Tensor, eps: f64) -> Tensor {
         let x = x.detach();
         let uniform = |radius: f64| (x.rand_like() * 2.0 - 1.0) * radius;
