@@ -146,11 +146,8 @@ pub fn fit_path_detector(
         return Err(Error::Config(format!("{n} training images are too few to fit and validate a detector")));
     }
     let n_fit = n - n_val;
-    let fit_part = Dataset { images: train.images.narrow(0, 0, n_fit as i64), labels: train.labels.narrow(0, 0, n_fit as i64) };
-    let val_part = Dataset {
-        images: train.images.narrow(0, n_fit as i64, n_val as i64),
-        labels: train.labels.narrow(0, n_fit as i64, n_val as i64),
-    };
+    let fit_part = train.slice(0, n_fit);
+    let val_part = train.slice(n_fit, n_val);
     let planned: Vec<PlannedAttack> =
         options.attacks.iter().map(|params| PlannedAttack { params: params.clone(), max_images: None }).collect();
     let material_options =

@@ -6,7 +6,7 @@ mod commands;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use pathguard::data::{fashion_mnist, Split};
+use pathguard::data::Split;
 use pathguard::attack_set::{run_attack, run_attack_until, write_attack_set, AttackParams, GateGradient, Manifest, ATTACK_SET_FILES};
 use pathguard::detector::{PathDetector, DETECTOR_FILE};
 use pathguard::detector_fit::{fit_path_detector, FitOptions};
@@ -332,7 +332,7 @@ fn main() -> std::process::ExitCode {
 fn run_eval(args: EvalArgs) -> Result<()> {
     let device = parse_device(&args.data.device)?;
     let checkpoint = Checkpoint::load(&args.model, device)?;
-    let test_set = load_split(&args.data, Split::Test, args.limit)?;
+    let test_set = load_split(&args.data, Some(&checkpoint.meta), Split::Test, args.limit)?;
     let report = evaluate(&checkpoint.model, &test_set, device, args.batch_size, !args.json, args.execution)?;
     if args.json {
         let json = serde_json::json!({
@@ -415,15 +415,12 @@ fn run_attack_command(args: AttackArgs) -> Result<()> {
         }
         None => None,
     };
-    let full = load_split(&args.data, split, None)?;
+    let full = load_split(&args.data, Some(&checkpoint.meta), split, None)?;
     if args.limit == 0 || args.offset >= full.len() {
         anyhow::bail!("--offset {} --limit {} selects no images of the {} split ({} images)", args.offset, args.limit, args.split, full.len());
     }
     let len = args.limit.min(full.len() - args.offset) as i64;
-    let data = fashion_mnist::Dataset {
-        images: full.images.narrow(0, args.offset as i64, len),
-        labels: full.labels.narrow(0, args.offset as i64, len),
-    };
+    let data = full.slice(args.offset, len as usize);
     let indices = tch::Tensor::arange_start(args.offset as i64, args.offset as i64 + len, (tch::Kind::Int64, tch::Device::Cpu));
     let outcome = run_attack_until(
         &checkpoint.model,
@@ -504,7 +501,7 @@ fn run_fit_detector(args: FitDetectorArgs) -> Result<()> {
         }
     }
     let checkpoint = Checkpoint::load(&args.model, device)?;
-    let all_train = load_split(&args.data, Split::Train, None)?;
+    let all_train = load_split(&args.data, Some(&checkpoint.meta), Split::Train, None)?;
     let train = all_train.take(args.limit);
     let options = FitOptions {
         attacks,
@@ -541,7 +538,7 @@ fn run_evaluate(args: EvaluateArgs) -> Result<()> {
         eprintln!("no {} beside the model: evaluating the detectors fitted in this run only", DETECTOR_FILE);
         None
     };
-    let all_train = load_split(&args.data, Split::Train, None)?;
+    let all_train = load_split(&args.data, Some(&checkpoint.meta), Split::Train, None)?;
     let templates = match &shipped {
         Some(d) => d.templates.clone(),
         None => pathguard::detector_fit::fit_templates(&checkpoint.model, device, &all_train, args.batch_size)?,
@@ -565,7 +562,7 @@ fn run_evaluate(args: EvaluateArgs) -> Result<()> {
         templates: &templates,
         shipped,
         train: &all_train.take(args.train_limit),
-        test: &load_split(&args.data, Split::Test, Some(args.limit))?,
+        test: &load_split(&args.data, Some(&checkpoint.meta), Split::Test, Some(args.limit))?,
     };
     let (report, roc) = evaluate(&inputs, &options)?;
     write_report(&args.out, &report, &roc)?;
@@ -595,8 +592,8 @@ fn run_evaluate(args: EvaluateArgs) -> Result<()> {
 fn run_recalibrate(args: RecalibrateArgs) -> Result<()> {
     let device = parse_device(&args.data.device)?;
     let mut checkpoint = Checkpoint::load(&args.model, device)?;
-    let train_set = load_split(&args.data, Split::Train, None)?;
-    let test_set = load_split(&args.data, Split::Test, None)?;
+    let train_set = load_split(&args.data, Some(&checkpoint.meta), Split::Train, None)?;
+    let test_set = load_split(&args.data, Some(&checkpoint.meta), Split::Test, None)?;
     tch::manual_seed(args.seed);
     let before = evaluate(&checkpoint.model, &test_set, device, 500, false, Execution::Auto)?;
     recalibrate_batchnorm(&checkpoint.model, &train_set, device, args.batch_size)?;

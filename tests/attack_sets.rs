@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use pathguard::attack_set::{run_attack, AttackParams, GateGradient, ATTACK_SET_FILES};
-use pathguard::data::fashion_mnist::{self, default_dir, Split};
+use pathguard::data::fashion_mnist::{self, default_dir};
+use pathguard::data::Split;
 use pathguard::model::Checkpoint;
 use tch::{Device, Kind, Tensor};
 
@@ -12,7 +13,7 @@ fn shipped() -> Checkpoint {
     Checkpoint::load(&crate::default_model_dir(), Device::Cpu).unwrap()
 }
 
-fn first_test_images(n: usize) -> (fashion_mnist::Dataset, Tensor) {
+fn first_test_images(n: usize) -> (pathguard::data::Dataset, Tensor) {
     let data = fashion_mnist::load(&default_dir(), Split::Test).unwrap().take(n);
     let indices = Tensor::arange(n as i64, (Kind::Int64, Device::Cpu));
     (data, indices)

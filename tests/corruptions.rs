@@ -89,7 +89,8 @@ fn corruption_report_covers_every_corruption_and_severity() {
 
 #[test]
 fn fit_distribution_then_the_verdict_says_which_expert_fired_and_how_far_out_the_image_is() {
-    use pathguard::data::fashion_mnist::{default_dir, load, Split};
+    use pathguard::data::fashion_mnist::{default_dir, load};
+    use pathguard::data::Split;
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model");
     std::fs::create_dir(&model).unwrap();

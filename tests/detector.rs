@@ -77,7 +77,8 @@ fn fit_detector_writes_a_detector_that_loads_beats_chance_and_can_learn_benign_c
 #[test]
 fn detector_twin_matches_the_shipped_detector_and_has_a_gradient() {
     use pathguard::attack_set::{run_attack, AttackParams, GateGradient};
-    use pathguard::data::fashion_mnist::{self, default_dir, Split};
+    use pathguard::data::fashion_mnist::{self, default_dir};
+    use pathguard::data::Split;
     use pathguard::detector_twin::DetectorTwin;
     use pathguard::model::GateMode;
     use pathguard::screener::Screener;
@@ -116,7 +117,8 @@ fn detector_twin_matches_the_shipped_detector_and_has_a_gradient() {
 fn detector_aware_attacks_evade_more_than_oblivious_pgd() {
     use attacks::{AdaptiveKind, AdaptivePgd};
     use pathguard::attack_set::{run_attack, AttackParams, GateGradient};
-    use pathguard::data::fashion_mnist::{self, default_dir, Split};
+    use pathguard::data::fashion_mnist::{self, default_dir};
+    use pathguard::data::Split;
     use pathguard::guarded_model::GuardedModel;
     use pathguard::model::GateMode;
     use pathguard::screener::Screener;

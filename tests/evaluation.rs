@@ -3,7 +3,8 @@
 use std::process::Command;
 
 use pathguard::attack_set::{run_attack, AttackParams, GateGradient};
-use pathguard::data::fashion_mnist::{self, default_dir, Split};
+use pathguard::data::fashion_mnist::{self, default_dir};
+use pathguard::data::Split;
 use pathguard::detector::{PathDetector, DETECTOR_FILE};
 use pathguard::model::{Checkpoint, GateMode};
 use tch::{Device, Kind, Tensor};

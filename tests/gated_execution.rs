@@ -1,7 +1,8 @@
 //! Gated execution (only each input's path computed) gives the dense pass's answers on real
 //! test images with the shipped model and detector.
 
-use pathguard::data::fashion_mnist::{self, default_dir, Split};
+use pathguard::data::fashion_mnist::{self, default_dir};
+use pathguard::data::Split;
 use pathguard::model::{Checkpoint, Execution, Inference, Strategy};
 use pathguard::screener::Screener;
 use tch::Device;

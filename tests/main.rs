@@ -7,6 +7,7 @@ mod checkpoint;
 mod cli;
 mod corruptions;
 mod data;
+mod data_formats;
 mod detector;
 mod evaluation;
 mod gated_execution;

@@ -1,7 +1,8 @@
 //! The detector reads path statistics computed on the host; the detector-aware attacks
 //! differentiate the tensor version. Both must give the same numbers on real forward passes.
 
-use pathguard::data::fashion_mnist::{self, default_dir, Split};
+use pathguard::data::fashion_mnist::{self, default_dir};
+use pathguard::data::Split;
 use pathguard::detector::PathDetector;
 use pathguard::model::{Checkpoint, GateMode};
 use pathguard::path::features::{path_feature_tensor, path_features, to_ndarray};

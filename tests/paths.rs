@@ -4,7 +4,8 @@
 use std::process::Command;
 
 use pathguard::compact::{compact, filter_usage, parameter_count, uses_only_kept};
-use pathguard::data::fashion_mnist::{self, default_dir, Split};
+use pathguard::data::fashion_mnist::{self, default_dir};
+use pathguard::data::Split;
 use pathguard::model::{Checkpoint, GateMode};
 use tch::{Device, Tensor};
 

@@ -3,7 +3,8 @@
 
 use std::process::Command;
 
-use pathguard::data::fashion_mnist::{self, default_dir, Split};
+use pathguard::data::fashion_mnist::{self, default_dir};
+use pathguard::data::Split;
 use pathguard::model::gate::GateMode;
 use pathguard::model::losses::decoupling_loss;
 use pathguard::model::Checkpoint;

@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pathguard::data::fashion_mnist::{self, default_dir, Split};
+use pathguard::data::fashion_mnist::{self, default_dir};
+use pathguard::data::Split;
 use pathguard::service::input::float32_bytes;
 use pathguard::service::proto::screening_client::ScreeningClient;
 use pathguard::service::proto::{

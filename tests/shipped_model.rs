@@ -1,6 +1,7 @@
 //! The shipped default model meets the foundation issue's bar on the real test split.
 
-use pathguard::data::fashion_mnist::{self, default_dir, Split};
+use pathguard::data::fashion_mnist::{self, default_dir};
+use pathguard::data::Split;
 use pathguard::model::{Checkpoint, Execution};
 use pathguard::train::evaluate;
 use tch::{Device, Kind};

@@ -5,20 +5,20 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use pathguard::data::fashion_mnist::{self, Split};
-use pathguard::data::Dataset;
+use pathguard::data::Split;
 use pathguard::device::parse_device;
 use pathguard::evaluation::adaptive::{evaluate_adaptive, AdaptiveInputs, AdaptiveOptions};
 use pathguard::screener::Screener;
+
+use super::data_args::{load_split, DataArgs};
 
 #[derive(Args)]
 pub struct AdaptiveReportArgs {
     /// Checkpoint directory with its detector.json
     #[arg(long, default_value = "models/default")]
     model: PathBuf,
-    /// Directory with the Fashion-MNIST IDX files [default: $PATHGUARD_DATA or /usr/share/datasets/fashion-mnist]
-    #[arg(long)]
-    data: Option<PathBuf>,
+    #[command(flatten)]
+    data: DataArgs,
     /// Test images to attack, from --offset of the test split
     #[arg(long, default_value_t = 1_000)]
     limit: usize,
@@ -52,9 +52,6 @@ pub struct AdaptiveReportArgs {
     batch_size: usize,
     #[arg(long, default_value_t = 0)]
     seed: i64,
-    /// auto (GPU if CUDA works), cpu, cuda or cuda:N
-    #[arg(long, default_value = "auto")]
-    device: String,
     /// The detector to judge [default: the model's detector.json]
     #[arg(long)]
     detector: Option<PathBuf>,
@@ -64,19 +61,19 @@ pub struct AdaptiveReportArgs {
 }
 
 pub fn run_adaptive_report(args: AdaptiveReportArgs) -> Result<()> {
-    let device = parse_device(&args.device)?;
+    let device = parse_device(&args.data.device)?;
     let mut screener = Screener::load(&args.model, device)?;
     if let Some(path) = &args.detector {
         screener.detector = pathguard::detector::PathDetector::load(path, screener.checkpoint.model_hash())?;
     }
-    let dir = args.data.clone().unwrap_or_else(fashion_mnist::default_dir);
-    let test = fashion_mnist::load(&dir, Split::Test)?;
+    let meta = &screener.checkpoint.meta;
+    let test = load_split(&args.data, Some(meta), Split::Test, None)?;
     if args.limit == 0 || args.offset >= test.len() {
         anyhow::bail!("--offset {} --limit {} selects no test images (there are {})", args.offset, args.limit, test.len());
     }
     let len = args.limit.min(test.len() - args.offset) as i64;
-    let test = Dataset { images: test.images.narrow(0, args.offset as i64, len), labels: test.labels.narrow(0, args.offset as i64, len) };
-    let references = fashion_mnist::load(&dir, Split::Train)?.take(args.reference_images);
+    let test = test.slice(args.offset, len as usize);
+    let references = load_split(&args.data, Some(meta), Split::Train, Some(args.reference_images))?;
     let options = AdaptiveOptions {
         linf_eps: args.eps.clone(),
         l2_eps: args.l2_eps,

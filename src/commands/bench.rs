@@ -94,10 +94,7 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
     if args.skip + args.images > all_test.len() {
         bail!("--skip {} + --images {} exceed the {} test images", args.skip, args.images, all_test.len());
     }
-    let test = Dataset {
-        images: all_test.images.narrow(0, args.skip as i64, args.images as i64),
-        labels: all_test.labels.narrow(0, args.skip as i64, args.images as i64),
-    };
+    let test = all_test.slice(args.skip, args.images);
     let n = test.len() as i64;
     let batches = |f: &mut dyn FnMut(&Tensor) -> Result<()>| -> Result<f64> {
         let started = Instant::now();

@@ -7,11 +7,13 @@ use anyhow::Result;
 use clap::Args;
 use pathguard::corruption_set::write_corruption_set;
 use pathguard::corruptions::{find, CORRUPTIONS};
-use pathguard::data::fashion_mnist::{self, Split};
-use pathguard::data::Dataset;
+use pathguard::data::{Dataset, Split};
+use pathguard::model::ModelMeta;
 use pathguard::device::parse_device;
 use pathguard::evaluation::corruptions::corruption_report;
 use pathguard::screener::Screener;
+
+use super::data_args::{load_split, DataArgs};
 
 #[derive(Args)]
 pub struct CorruptArgs {
@@ -27,9 +29,8 @@ pub struct CorruptArgs {
     /// Checkpoint directory with its detector.json (whose verdicts the manifest records)
     #[arg(long, default_value = "models/default")]
     model: PathBuf,
-    /// Directory with the Fashion-MNIST IDX files [default: $PATHGUARD_DATA or /usr/share/datasets/fashion-mnist]
-    #[arg(long)]
-    data: Option<PathBuf>,
+    #[command(flatten)]
+    data: DataArgs,
     /// train or test
     #[arg(long, default_value = "test")]
     split: String,
@@ -37,27 +38,23 @@ pub struct CorruptArgs {
     offset: usize,
     #[arg(long, default_value_t = 1000)]
     limit: usize,
-    /// auto (GPU if CUDA works), cpu, cuda or cuda:N
-    #[arg(long, default_value = "auto")]
-    device: String,
     #[arg(long)]
     out: PathBuf,
 }
 
 /// The images `--offset`, `--limit` select from a split, and their positions.
-fn slice(data: Option<&PathBuf>, split: &str, offset: usize, limit: usize) -> Result<(Dataset, tch::Tensor)> {
+fn slice(args: &DataArgs, model: &ModelMeta, split: &str, offset: usize, limit: usize) -> Result<(Dataset, tch::Tensor)> {
     let which = match split {
         "train" => Split::Train,
         "test" => Split::Test,
         other => anyhow::bail!("unknown split {other:?}; use train or test"),
     };
-    let dir = data.cloned().unwrap_or_else(fashion_mnist::default_dir);
-    let full = fashion_mnist::load(&dir, which)?;
+    let full = load_split(args, Some(model), which, None)?;
     if limit == 0 || offset >= full.len() {
         anyhow::bail!("--offset {offset} --limit {limit} selects no images of the {split} split ({} images)", full.len());
     }
     let len = limit.min(full.len() - offset) as i64;
-    let data = Dataset { images: full.images.narrow(0, offset as i64, len), labels: full.labels.narrow(0, offset as i64, len) };
+    let data = full.slice(offset, len as usize);
     let indices = tch::Tensor::arange_start(offset as i64, offset as i64 + len, (tch::Kind::Int64, tch::Device::Cpu));
     Ok((data, indices))
 }
@@ -65,9 +62,9 @@ fn slice(data: Option<&PathBuf>, split: &str, offset: usize, limit: usize) -> Re
 pub fn run_corrupt(args: CorruptArgs) -> Result<()> {
     let corruption = find(&args.corruption)?;
     corruption.level(args.severity)?; // refuse before loading anything
-    let device = parse_device(&args.device)?;
-    let (data, indices) = slice(args.data.as_ref(), &args.split, args.offset, args.limit)?;
+    let device = parse_device(&args.data.device)?;
     let screener = Screener::load(&args.model, device)?;
+    let (data, indices) = slice(&args.data, &screener.checkpoint.meta, &args.split, args.offset, args.limit)?;
     let m = write_corruption_set(
         &args.out,
         &screener,
@@ -93,8 +90,8 @@ pub struct CorruptionReportArgs {
     /// Checkpoint directory with its detector.json
     #[arg(long, default_value = "models/default")]
     model: PathBuf,
-    #[arg(long)]
-    data: Option<PathBuf>,
+    #[command(flatten)]
+    data: DataArgs,
     /// Test images (from --offset of the test split)
     #[arg(long, default_value_t = 1000)]
     limit: usize,
@@ -108,8 +105,6 @@ pub struct CorruptionReportArgs {
     slow_limit: usize,
     #[arg(long, default_value_t = 0)]
     seed: i64,
-    #[arg(long, default_value = "auto")]
-    device: String,
     /// The detector to judge [default: the model's detector.json]
     #[arg(long)]
     detector: Option<PathBuf>,
@@ -119,9 +114,9 @@ pub struct CorruptionReportArgs {
 }
 
 pub fn run_corruption_report(args: CorruptionReportArgs) -> Result<()> {
-    let device = parse_device(&args.device)?;
-    let (data, _) = slice(args.data.as_ref(), "test", args.offset, args.limit)?;
+    let device = parse_device(&args.data.device)?;
     let mut screener = Screener::load(&args.model, device)?;
+    let (data, _) = slice(&args.data, &screener.checkpoint.meta, "test", args.offset, args.limit)?;
     if let Some(path) = &args.detector {
         screener.detector = pathguard::detector::PathDetector::load(path, screener.checkpoint.model_hash())?;
     }

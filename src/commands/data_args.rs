@@ -1,25 +1,63 @@
-//! Flags shared by the commands that read Fashion-MNIST.
+//! Flags shared by the commands that read a data set.
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
-use pathguard::data::{fashion_mnist, Split};
+use pathguard::data::{fashion_mnist, DataFormat, DataSource, Dataset, Resize, Split};
+use pathguard::model::ModelMeta;
 
 #[derive(Args)]
 pub struct DataArgs {
-    /// Directory with the Fashion-MNIST IDX files [default: $PATHGUARD_DATA or /usr/share/datasets/fashion-mnist]
+    /// Data set directory [default: $PATHGUARD_DATA or /usr/share/datasets/fashion-mnist]
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Its format; auto recognises IDX, CIFAR-10/100 binary, NPY arrays and image folders
+    #[arg(long, value_enum, default_value_t = DataFormat::Auto)]
+    pub data_format: DataFormat,
+    /// Images of another size than the model's: refuse, or shorter-side-crop (scale the
+    /// shorter side, crop the centre) [default: the model's rule; refuse for a new model]
+    #[arg(long, value_enum)]
+    pub resize: Option<Resize>,
     /// auto (GPU if CUDA works), cpu, cuda or cuda:N
     #[arg(long, default_value = "auto")]
     pub device: String,
 }
 
-/// One split of the data set, its first `limit` images if given.
-pub fn load_split(args: &DataArgs, split: Split, limit: Option<usize>) -> Result<fashion_mnist::Dataset> {
-    let dir = args.data.clone().unwrap_or_else(fashion_mnist::default_dir);
-    let data = fashion_mnist::load(&dir, split)?;
+impl DataArgs {
+    /// The data set, its images brought to `model`'s input (channels, side, resize rule) when
+    /// given.
+    pub fn source(&self, model: Option<&ModelMeta>) -> DataSource {
+        let mut source = DataSource::new(self.data.clone().unwrap_or_else(fashion_mnist::default_dir));
+        source.format = self.data_format;
+        if let Some(meta) = model {
+            let [c, h, _] = meta.pixel_convention.shape;
+            source.shape = Some((c, h));
+            source.resize = meta.resize;
+        }
+        if let Some(resize) = self.resize {
+            source.resize = resize;
+        }
+        source
+    }
+}
+
+/// One split of the data set (its first `limit` images if given), brought to `model`'s input
+/// and checked against its classes when given.
+pub fn load_split(args: &DataArgs, model: Option<&ModelMeta>, split: Split, limit: Option<usize>) -> Result<Dataset> {
+    let source = args.source(model);
+    let data = source.load(split)?;
+    if let Some(meta) = model {
+        if data.num_classes() != meta.class_names.len() {
+            bail!(
+                "data set {} has {} classes; the model has {} ({})",
+                source.dir.display(),
+                data.num_classes(),
+                meta.class_names.len(),
+                meta.class_names.join(", ")
+            );
+        }
+    }
     Ok(match limit {
         Some(n) => data.take(n),
         None => data,

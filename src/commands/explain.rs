@@ -11,6 +11,8 @@ use pathguard::path::analysis::{layer_of, separating_bits};
 use pathguard::path::features::FEATURE_KINDS;
 use pathguard::path::plots::{explanation_sheet, ExplanationSheet};
 use serde::Serialize;
+
+use super::data_args::{load_split, DataArgs};
 use tch::{Device, Kind, Tensor};
 
 #[derive(Args)]
@@ -30,8 +32,9 @@ pub struct ExplainArgs {
     /// Separating filters to list
     #[arg(long, default_value_t = 8)]
     top: usize,
-    #[arg(long, default_value = "auto")]
-    device: String,
+    /// The training data (class templates are computed on it when the model has no detector)
+    #[command(flatten)]
+    data: DataArgs,
 }
 
 #[derive(Serialize)]
@@ -88,7 +91,7 @@ fn read_inputs(paths: &[PathBuf]) -> Result<(Tensor, Vec<String>)> {
 }
 
 pub fn run_explain(args: ExplainArgs) -> Result<()> {
-    let device = parse_device(&args.device)?;
+    let device = parse_device(&args.data.device)?;
     let checkpoint = Checkpoint::load(&args.model, device)?;
     let detector_path = args.model.join(DETECTOR_FILE);
     let detector = if detector_path.exists() {
@@ -100,7 +103,7 @@ pub fn run_explain(args: ExplainArgs) -> Result<()> {
         Some(d) => d.templates.clone(),
         None => {
             eprintln!("no {DETECTOR_FILE}: computing class templates on the training split");
-            let train = pathguard::data::fashion_mnist::load(&pathguard::data::fashion_mnist::default_dir(), pathguard::data::Split::Train)?;
+            let train = load_split(&args.data, Some(&checkpoint.meta), pathguard::data::Split::Train, None)?;
             pathguard::detector_fit::fit_templates(&checkpoint.model, device, &train, 500)?
         }
     };

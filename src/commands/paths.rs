@@ -7,12 +7,14 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use pathguard::compact::{compact, filter_usage, parameter_count, uses_only_kept};
-use pathguard::data::{fashion_mnist, Split};
+use pathguard::data::Split;
 use pathguard::device::parse_device;
 use pathguard::model::{Checkpoint, Execution, GateMode};
 use pathguard::train::evaluate;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
+
+use super::data_args::{load_split, DataArgs};
 
 #[derive(Args)]
 pub struct CompactArgs {
@@ -28,9 +30,8 @@ pub struct CompactArgs {
     /// Training images the usage is measured on (the first N)
     #[arg(long, default_value_t = 60_000)]
     usage_images: usize,
-    /// auto, cpu, cuda or cuda:N
-    #[arg(long, default_value = "auto")]
-    device: String,
+    #[command(flatten)]
+    data: DataArgs,
     #[arg(long, default_value_t = 500)]
     batch_size: usize,
 }
@@ -77,7 +78,7 @@ fn throughput(checkpoint: &Checkpoint, images: &Tensor, device: Device) -> f64 {
     rates[rates.len() / 2]
 }
 
-fn figures(checkpoint: &Checkpoint, test: &fashion_mnist::Dataset, device: Device, rate: f64) -> Result<ModelFigures> {
+fn figures(checkpoint: &Checkpoint, test: &pathguard::data::Dataset, device: Device, rate: f64) -> Result<ModelFigures> {
     let report = evaluate(&checkpoint.model, test, device, 500, false, Execution::Auto)?;
     let dense: f64 = checkpoint.model.config().conv_macs().iter().sum();
     Ok(ModelFigures {
@@ -90,11 +91,10 @@ fn figures(checkpoint: &Checkpoint, test: &fashion_mnist::Dataset, device: Devic
 }
 
 pub fn run_compact(args: CompactArgs) -> Result<()> {
-    let device = parse_device(&args.device)?;
+    let device = parse_device(&args.data.device)?;
     let full = Checkpoint::load(&args.model, device)?;
-    let data_dir = fashion_mnist::default_dir();
-    let train = fashion_mnist::load(&data_dir, Split::Train)?.take(args.usage_images);
-    let test = fashion_mnist::load(&data_dir, Split::Test)?;
+    let train = load_split(&args.data, Some(&full.meta), Split::Train, Some(args.usage_images))?;
+    let test = load_split(&args.data, Some(&full.meta), Split::Test, None)?;
     eprintln!("measuring filter usage on {} training images", train.len());
     let usage = filter_usage(&full, device, &train, args.batch_size)?;
     let mut compacted = compact(&full, &usage, args.min_usage, train.len())?;
@@ -167,8 +167,8 @@ pub struct PathsArgs {
     /// Test images to analyse (default: all 10,000)
     #[arg(long)]
     limit: Option<usize>,
-    #[arg(long, default_value = "auto")]
-    device: String,
+    #[command(flatten)]
+    data: DataArgs,
     #[arg(long, default_value_t = 500)]
     batch_size: usize,
 }
@@ -214,12 +214,9 @@ fn paths_of(checkpoint: &Checkpoint, images: &Tensor, device: Device, batch_size
 
 pub fn run_paths(args: PathsArgs) -> Result<()> {
     use pathguard::path::analysis::{filter_roles, jaccard_similarity, templates_from_paths};
-    let device = parse_device(&args.device)?;
+    let device = parse_device(&args.data.device)?;
     let checkpoint = Checkpoint::load(&args.model, device)?;
-    let mut test = fashion_mnist::load(&fashion_mnist::default_dir(), Split::Test)?;
-    if let Some(n) = args.limit {
-        test = test.take(n);
-    }
+    let test = load_split(&args.data, Some(&checkpoint.meta), Split::Test, args.limit)?;
     let paths = paths_of(&checkpoint, &test.images, device, args.batch_size)?;
     let labels: Vec<usize> = Vec::<i64>::try_from(&test.labels)?.iter().map(|&l| l as usize).collect();
     let classes = checkpoint.meta.class_names.len();

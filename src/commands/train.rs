@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use pathguard::adversarial_training::{AdversarialMethod, AdversarialOptions};
-use pathguard::data::{fashion_mnist, Split};
+use pathguard::data::Split;
 use pathguard::device::{device_name, parse_device};
 use pathguard::model::checkpoint::CONFIG_FILE;
 use pathguard::model::{Checkpoint, LossWeights, ModelConfig};
@@ -65,9 +65,9 @@ pub struct TrainArgs {
     max_shift: i64,
     #[arg(long, default_value_t = 0)]
     seed: i64,
-    /// Architecture preset: fashion-mnist or tiny (for tests)
-    #[arg(long, default_value = "fashion-mnist")]
-    preset: String,
+    /// Architecture preset; its input (channels, side) and classes follow the data set
+    #[arg(long, value_enum, default_value_t = Preset::FashionMnist)]
+    preset: Preset,
     /// Override the preset's filter counts, one per conv layer (e.g. 32,32,64,64,128,128)
     #[arg(long, value_delimiter = ',')]
     widths: Option<Vec<i64>>,
@@ -80,6 +80,15 @@ pub struct TrainArgs {
     resume: bool,
     #[command(flatten)]
     adversarial: AdversarialArgs,
+}
+
+/// The architectures `train` can build.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Preset {
+    /// Six 3x3 conv layers 48-48-96-96-192-192 (the shipped Fashion-MNIST network)
+    FashionMnist,
+    /// The same layout, 8-16 filters wide (quick tests)
+    Tiny,
 }
 
 /// Adversarial training (off unless --adversarial is given).
@@ -129,14 +138,14 @@ impl AdversarialArgs {
 
 pub fn run_train(args: TrainArgs) -> Result<()> {
     let device = parse_device(&args.data.device)?;
-    let mut config = match args.preset.as_str() {
-        "fashion-mnist" => ModelConfig::fashion_mnist(),
-        "tiny" => ModelConfig::tiny(),
-        other => anyhow::bail!("unknown preset {other:?}; use fashion-mnist or tiny"),
+    let mut config = match args.preset {
+        Preset::FashionMnist => ModelConfig::fashion_mnist(),
+        Preset::Tiny => ModelConfig::tiny(),
     };
     if let Some(widths) = &args.widths {
         config = config.with_widths(widths)?;
     }
+    let init = args.init.as_ref().map(|dir| Checkpoint::load(dir, device)).transpose()?;
     let options = TrainOptions {
         epochs: args.epochs,
         recipe: args.recipe,
@@ -157,8 +166,18 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         adversarial: args.adversarial.options(),
     };
     options.validate()?;
-    let train_set = load_split(&args.data, Split::Train, args.limit)?;
-    let test_set = load_split(&args.data, Split::Test, args.test_limit)?;
+    let init_meta = init.as_ref().map(|c| &c.meta);
+    let train_set = load_split(&args.data, init_meta, Split::Train, args.limit)?;
+    let test_set = load_split(&args.data, init_meta, Split::Test, args.test_limit)?;
+    if test_set.class_names != train_set.class_names {
+        anyhow::bail!("the test split names other classes than the training split: {:?} vs {:?}", test_set.class_names, train_set.class_names);
+    }
+    // A new network takes the data's images and classes.
+    let [channels, side, _] = train_set.image_shape();
+    config.in_channels = channels;
+    config.image_size = side;
+    config.num_classes = train_set.num_classes() as i64;
+    config.validate()?;
     let resumed = match args.resume && args.out.join(CONFIG_FILE).exists() {
         true => Some(resumable(&args.out, device, &options, train_set.len(), test_set.len())?),
         false => None,
@@ -166,14 +185,18 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     let (mut checkpoint, mut record) = match resumed {
         Some(found) => found,
         None => {
-            let (checkpoint, initialized_from) = match &args.init {
-                Some(dir) => {
-                    let mut loaded = Checkpoint::load(dir, device)?;
+            let (checkpoint, initialized_from) = match init {
+                Some(mut loaded) => {
                     let hash = loaded.model_hash().to_string();
                     loaded.meta.training = None;
                     (loaded, Some(hash))
                 }
-                None => (Checkpoint::new(&config, &fashion_mnist::CLASS_NAMES, device)?, None),
+                None => {
+                    let names: Vec<&str> = train_set.class_names.iter().map(String::as_str).collect();
+                    let mut fresh = Checkpoint::new(&config, &names, device)?;
+                    fresh.meta.resize = args.data.resize.unwrap_or_default();
+                    (fresh, None)
+                }
             };
             let record = TrainingRecord {
                 options: options.clone(),

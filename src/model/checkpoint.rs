@@ -16,6 +16,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 use super::config::ModelConfig;
 use super::decoupled::DecoupledCnn;
+use crate::data::Resize;
 use crate::error::{Error, Result};
 use crate::train::TrainingRecord;
 
@@ -53,6 +54,10 @@ pub struct ModelMeta {
     pub architecture: ModelConfig,
     pub class_names: Vec<String>,
     pub pixel_convention: PixelConvention,
+    /// What is done to images of another size before they reach the model (data sets and
+    /// the service alike); checkpoints from before this field refuse them.
+    #[serde(default)]
+    pub resize: Resize,
     pub weights_file: String,
     /// SHA-256 of the weights file: the model's identity ("model hash") everywhere.
     pub weights_sha256: String,
@@ -88,6 +93,7 @@ impl Checkpoint {
             architecture: config.clone(),
             class_names: class_names.iter().map(|s| s.to_string()).collect(),
             pixel_convention: PixelConvention::for_config(config),
+            resize: Resize::Refuse,
             weights_file: WEIGHTS_FILE.into(),
             weights_sha256: String::new(),
             training: None,

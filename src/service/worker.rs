@@ -361,7 +361,7 @@ fn run_attack_job(
         Some(labels) => labels.shallow_clone(),
         None => model.predict(&job.images.to_device(screener.device))?.0.argmax(1, false).to_device(Device::Cpu),
     };
-    let data = Dataset { images: job.images.shallow_clone(), labels };
+    let data = Dataset { images: job.images.shallow_clone(), labels, class_names: screener.checkpoint.meta.class_names.clone() };
     let n = data.len() as i64;
     let indices = Tensor::arange(n, (Kind::Int64, Device::Cpu));
     let outcome = run_attack_until(
