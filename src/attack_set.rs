@@ -554,5 +554,5 @@ pub(crate) fn write_npy_i64(path: &Path, t: &Tensor) -> Result<()> {
 
 /// Reads `images.npy` (or any float32 NPY) of an attack set as `[N, 1, 28, 28]`.
 pub fn read_attack_images(dir: &Path) -> Result<Tensor> {
-    crate::data::image::read_npy(&dir.join("images.npy"))
+    crate::data::image::read_npy_batch(&dir.join("images.npy"))
 }

@@ -180,7 +180,7 @@ pub fn write_corruption_set(
         images: data.len(),
         mean_change: (&corrupted - &data.images).abs().mean(Kind::Float).double_value(&[]),
         class_names: screener.class_names().to_vec(),
-        pixel_convention: "float32 in [0, 1], NCHW [N, 1, 28, 28]".into(),
+        pixel_convention: screener.checkpoint.input_spec().stored_as(),
         files: CORRUPTION_SET_FILES.iter().map(|f| f.to_string()).collect(),
         scores: after.scores.clone(),
         clean,

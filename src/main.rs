@@ -459,7 +459,7 @@ fn run_attack_command(args: AttackArgs) -> Result<()> {
         stats: s.clone(),
         detector: outcome.detector.clone(),
         class_names: checkpoint.meta.class_names.clone(),
-        pixel_convention: "float32 in [0, 1], NCHW [N, 1, 28, 28]".into(),
+        pixel_convention: checkpoint.input_spec().stored_as(),
         files: ATTACK_SET_FILES.iter().map(|f| f.to_string()).collect(),
     };
     write_attack_set(&args.out, &outcome, &manifest, &checkpoint.meta.class_names)?;

@@ -34,8 +34,8 @@ pub(crate) fn fonts_available() -> bool {
     })
 }
 
-const SCALE: u32 = 3;
-const CELL: u32 = 28 * SCALE;
+/// Side of one image's cell in pixels (images are drawn at the largest whole scale that fits).
+const CELL: u32 = 84;
 const GAP: u32 = 10;
 const CAPTION: u32 = 18;
 const ROW_TITLE: u32 = 110;
@@ -66,16 +66,9 @@ pub fn contact_sheet(path: &Path, outcome: &SheetColumns, class_names: &[String]
         }
         for i in 0..n {
             let left = ROW_TITLE + i as u32 * (CELL + GAP);
-            let pixels = Vec::<f32>::try_from(images.get(i as i64).to_kind(Kind::Float).flatten(0, -1))?;
-            for (p, v) in pixels.iter().enumerate() {
-                let grey = (v.clamp(0.0, 1.0) * 255.0).round() as u8;
-                let (px, py) = ((p % 28) as u32 * SCALE, (p / 28) as u32 * SCALE);
-                root.draw(&Rectangle::new(
-                    [((left + px) as i32, (top + py) as i32), ((left + px + SCALE) as i32, (top + py + SCALE) as i32)],
-                    RGBColor(grey, grey, grey).filled(),
-                ))
-                .map_err(|e| draw_error(e.to_string()))?;
-            }
+            let image = images.get(i as i64);
+            let scale = (CELL / image.size()[2].max(image.size()[1]).max(1) as u32).max(1);
+            draw_image(&root, &image, (left, top), scale).map_err(|e| draw_error(e.to_string()))?;
             if with_text {
                 let caption = match r {
                     0 => name(outcome.labels.int64_value(&[i as i64])),
@@ -88,6 +81,30 @@ pub fn contact_sheet(path: &Path, outcome: &SheetColumns, class_names: &[String]
         }
     }
     root.present().map_err(|e| draw_error(e.to_string()))
+}
+
+/// Draws `image` (`[C, H, W]` in [0, 1]; grey or RGB) with its top-left corner at `at`, each
+/// pixel a `scale` x `scale` square.
+pub(crate) fn draw_image<DB: plotters::prelude::DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    image: &Tensor,
+    at: (u32, u32),
+    scale: u32,
+) -> std::result::Result<(), String> {
+    let size = image.size();
+    let (c, h, w) = (size[0] as usize, size[1] as usize, size[2] as usize);
+    let values = Vec::<f32>::try_from(image.to_kind(Kind::Float).contiguous().flatten(0, -1)).map_err(|e| e.to_string())?;
+    let byte = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+    for y in 0..h {
+        for x in 0..w {
+            let at_channel = |ch: usize| byte(values[(ch.min(c - 1) * h + y) * w + x]);
+            let colour = if c >= 3 { RGBColor(at_channel(0), at_channel(1), at_channel(2)) } else { RGBColor(at_channel(0), at_channel(0), at_channel(0)) };
+            let (px, py) = (at.0 + x as u32 * scale, at.1 + y as u32 * scale);
+            area.draw(&Rectangle::new([(px as i32, py as i32), ((px + scale) as i32, (py + scale) as i32)], colour.filled()))
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
 }
 
 /// Maps each perturbation to [0, 1] around 0.5, scaled by its own largest magnitude.

@@ -32,8 +32,8 @@ fn corrupt_writes_a_set_whose_verdicts_are_the_screeners() {
     assert_eq!(manifest["level"], 50.0);
     assert_eq!(manifest["images"], 20);
     let screener = Screener::load(&crate::default_model_dir(), Device::Cpu).unwrap();
-    let images = pathguard::data::image::read_npy(&out.join("images.npy")).unwrap();
-    let clean = pathguard::data::image::read_npy(&out.join("clean.npy")).unwrap();
+    let images = pathguard::data::image::read_npy_batch(&out.join("images.npy")).unwrap();
+    let clean = pathguard::data::image::read_npy_batch(&out.join("clean.npy")).unwrap();
     // JPEG at quality 50 changes pixels, but not beyond recognition.
     let change = (&images - &clean).abs().mean(tch::Kind::Float).double_value(&[]);
     assert!(change > 0.002 && change < 0.1, "mean change {change}");

@@ -4,6 +4,7 @@
 //! panics or aborts, and that its errors are short and name what was wrong.
 
 use pathguard::data::image::{decode_image, npy_values};
+use pathguard::data::{InputSpec, Resize};
 use pathguard::service::bounded::MAX_MESSAGE_BYTES;
 use pathguard::service::hostile::{giant_header_png, png_bomb, short_palette_png};
 use pathguard::service::input::decode_images;
@@ -84,13 +85,22 @@ fn mutated(seeds: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
-fn check_image_answer(result: Result<Vec<f32>, String>) -> Result<(), TestCaseError> {
-    match result {
-        Ok(grey) => {
-            prop_assert_eq!(grey.len(), 784);
-            prop_assert!(grey.iter().all(|v| (0.0..=1.0).contains(v)));
+/// The shipped model's input, and a colour model that resizes what it gets.
+const SPECS: [InputSpec; 2] = [
+    InputSpec { channels: 1, size: 28, resize: Resize::Refuse },
+    InputSpec { channels: 3, size: 32, resize: Resize::ShorterSideCrop },
+];
+
+/// Every spec answers the bytes with the right number of values in [0, 1] or a short reason.
+fn check_image_answer(bytes: &[u8]) -> Result<(), TestCaseError> {
+    for spec in &SPECS {
+        match decode_image(bytes, spec) {
+            Ok(values) => {
+                prop_assert_eq!(values.len(), spec.values_per_image());
+                prop_assert!(values.iter().all(|v| (0.0..=1.0).contains(v)));
+            }
+            Err(reason) => prop_assert!(!reason.is_empty() && reason.len() <= MAX_MESSAGE_BYTES, "{}", reason),
         }
-        Err(reason) => prop_assert!(!reason.is_empty() && reason.len() <= MAX_MESSAGE_BYTES, "{}", reason),
     }
     Ok(())
 }
@@ -100,7 +110,7 @@ proptest! {
 
     #[test]
     fn image_decoder_answers_every_mutated_image(bytes in mutated(image_seeds())) {
-        check_image_answer(decode_image(&bytes))?;
+        check_image_answer(&bytes)?;
     }
 
     #[test]
@@ -108,7 +118,7 @@ proptest! {
         if png_signature {
             bytes.splice(0..0, b"\x89PNG\r\n\x1a\n".iter().copied());
         }
-        check_image_answer(decode_image(&bytes))?;
+        check_image_answer(&bytes)?;
     }
 }
 
@@ -172,7 +182,7 @@ proptest! {
     #[test]
     fn request_validation_answers_every_request(images in prop_oneof![tensor_images(), encoded_images()], missing: bool) {
         let images = if missing { None } else { Some(images) };
-        match decode_images(images.as_ref(), "images", 1024) {
+        match decode_images(images.as_ref(), "images", 1024, &SPECS[0]) {
             Ok(t) => {
                 let size = t.size();
                 prop_assert!(size.len() == 4 && size[0] >= 1 && size[0] <= 1024 && size[1..] == [1, 28, 28], "{:?}", size);
@@ -189,7 +199,7 @@ proptest! {
     fn request_validation_answers_arbitrary_protobuf(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
         use prost::Message as _;
         if let Ok(images) = Images::decode(bytes.as_slice()) {
-            if let Err(status) = decode_images(Some(&images), "images", 1024) {
+            if let Err(status) = decode_images(Some(&images), "images", 1024, &SPECS[0]) {
                 prop_assert_eq!(status.code(), tonic::Code::InvalidArgument);
             }
         }

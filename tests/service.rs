@@ -29,9 +29,14 @@ pub struct Server {
 
 impl Server {
     pub fn start(extra: &[&str]) -> Server {
+        Server::start_model(&crate::default_model_dir(), extra)
+    }
+
+    /// A server for the checkpoint in `model`.
+    pub fn start_model(model: &std::path::Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pathguard"))
             .args(["serve", "--device", "cpu", "--addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--model"])
-            .arg(crate::default_model_dir())
+            .arg(model)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -75,11 +75,11 @@ struct Explanation {
 }
 
 /// Images and ids: one per PNG, one per NPY array entry.
-fn read_inputs(paths: &[PathBuf]) -> Result<(Tensor, Vec<String>)> {
+fn read_inputs(paths: &[PathBuf], spec: &pathguard::data::InputSpec) -> Result<(Tensor, Vec<String>)> {
     let mut batches = Vec::new();
     let mut ids = Vec::new();
     for path in paths {
-        let images = pathguard::data::image::read_images(std::slice::from_ref(path))?;
+        let images = pathguard::data::image::read_images(std::slice::from_ref(path), spec)?;
         let n = images.size()[0];
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         for i in 0..n {
@@ -107,7 +107,7 @@ pub fn run_explain(args: ExplainArgs) -> Result<()> {
             pathguard::detector_fit::fit_templates(&checkpoint.model, device, &train, 500)?
         }
     };
-    let (images, ids) = read_inputs(&args.images)?;
+    let (images, ids) = read_inputs(&args.images, &checkpoint.input_spec())?;
     let model = &checkpoint.model;
     let x = images.to_device(device);
     model.check_input(&x)?;
@@ -173,13 +173,13 @@ pub fn run_explain(args: ExplainArgs) -> Result<()> {
             per_layer_template.push(fp[offset..offset + size].to_vec());
             offset += size;
         }
-        let pixels = Vec::<f32>::try_from(images.get(i as i64).flatten(0, -1))?;
+        let image = images.get(i as i64);
         let score = scores.as_ref().map(|s| s[i]);
         let title = match score {
             Some(s) => format!("{id}: {} ({:.2}); adversarial score {s:.3}", names[predicted], probs[predicted]),
             None => format!("{id}: {} ({:.2})", names[predicted], probs[predicted]),
         };
-        explanation_sheet(&sheet, &ExplanationSheet { title, pixels: &pixels, path: per_layer_bits, template: per_layer_template })?;
+        explanation_sheet(&sheet, &ExplanationSheet { title, image: &image, path: per_layer_bits, template: per_layer_template })?;
         explanations.push(Explanation {
             id: id.clone(),
             predicted_class: predicted as i64,

@@ -184,13 +184,7 @@ pub fn run_screen(args: ScreenArgs) -> Result<bool> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let inputs = collect_inputs(&args.paths)?;
-    let requests = inputs
-        .chunks(args.batch_size)
-        .map(|chunk| request_for(chunk, args.threshold, false))
-        .collect::<pathguard::Result<Vec<_>>>()?;
-    let bar = pathguard::progress::bar(inputs.len() as u64, "screening");
-    let mut records = Vec::with_capacity(inputs.len());
+    let mut records = Vec::new();
     runtime()?.block_on(async {
         let mut backend = match &args.server {
             Some(url) => Backend::connect(url, Limits::default().max_message_bytes).await?,
@@ -204,6 +198,16 @@ pub fn run_screen(args: ScreenArgs) -> Result<bool> {
                 Backend::InProcess(ScreeningService::new(Some(workers), metrics))
             }
         };
+        // The model's shape decides how NPY arrays are read and, for a mix of files, how
+        // PNG/JPEG files are decoded here.
+        let spec = backend.input_spec().await?;
+        let inputs = collect_inputs(&args.paths, &spec)?;
+        let requests = inputs
+            .chunks(args.batch_size)
+            .map(|chunk| request_for(chunk, &spec, args.threshold, false))
+            .collect::<pathguard::Result<Vec<_>>>()?;
+        let bar = pathguard::progress::bar(inputs.len() as u64, "screening");
+        records.reserve(inputs.len());
         backend
             .screen_all(requests, |response| {
                 let batch = Record::from_response(&response);
@@ -212,9 +216,9 @@ pub fn run_screen(args: ScreenArgs) -> Result<bool> {
                 Ok(())
             })
             .await?;
+        bar.finish_and_clear();
         anyhow::Ok(())
     })?;
-    bar.finish_and_clear();
 
     let mut text = String::new();
     match args.format {

@@ -4,7 +4,7 @@
 //! (chosen by a hash of the file's name, so adding files moves no other) is the test split.
 //!
 //! Images are decoded to grey or RGB (alpha dropped, 16-bit scaled to 8) and brought to one
-//! shape by [`Conform`]: the channels and side of `shape` when given (a model's), else those
+//! shape by [`InputSpec`]: the channels and side of `shape` when given (a model's), else those
 //! of the first image in sorted order.
 
 use std::path::{Path, PathBuf};
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
 use super::dataset::{Dataset, Split};
-use super::preprocess::{Conform, Resize};
+use super::preprocess::{InputSpec, Resize};
 use crate::error::{Error, Result};
 
 /// Share of the files that the seeded hold-out puts in the test split, in percent.
@@ -70,7 +70,7 @@ pub fn load(dir: &Path, split: Split, shape: Option<(i64, i64)>, resize: Resize,
         let rule = *conform.get_or_insert_with(|| {
             let s = image.size();
             let (channels, side) = shape.unwrap_or((s[1], s[2].min(s[3])));
-            Conform { channels, size: side, resize }
+            InputSpec { channels, size: side, resize }
         });
         images.push(rule.apply(&image).map_err(|reason| Error::Image { path: file.clone(), reason })?);
     }

@@ -21,5 +21,5 @@ pub mod source;
 
 pub use dataset::{Dataset, Split};
 pub use fashion_mnist::CLASS_NAMES;
-pub use preprocess::Resize;
+pub use preprocess::{InputSpec, Resize};
 pub use source::{DataFormat, DataSource};

@@ -21,15 +21,61 @@ pub enum Resize {
     ShorterSideCrop,
 }
 
-/// The shape images are brought to, and how.
+impl Resize {
+    /// The name in configs, flags and GetInfo.
+    pub fn name(self) -> &'static str {
+        match self {
+            Resize::Refuse => "refuse",
+            Resize::ShorterSideCrop => "shorter-side-crop",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Resize> {
+        [Resize::Refuse, Resize::ShorterSideCrop].into_iter().find(|r| r.name() == name)
+    }
+}
+
+/// What a model takes: `channels` x `size` x `size` pixels in [0, 1], and what is done to
+/// images of another shape. Data sets, user files and the service's requests all go through it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Conform {
+pub struct InputSpec {
     pub channels: i64,
     pub size: i64,
     pub resize: Resize,
 }
 
-impl Conform {
+impl InputSpec {
+    /// The shipped Fashion-MNIST model's: 28x28 grey, other sizes refused.
+    pub fn fashion_mnist() -> Self {
+        InputSpec { channels: 1, size: 28, resize: Resize::Refuse }
+    }
+
+    /// Values of one image (C x H x W).
+    pub fn values_per_image(&self) -> usize {
+        (self.channels * self.size * self.size) as usize
+    }
+
+    /// `[C, H, W]` of one image.
+    pub fn image_shape(&self) -> [i64; 3] {
+        [self.channels, self.size, self.size]
+    }
+
+    /// How attack and corruption sets store such images (their manifests' words).
+    pub fn stored_as(&self) -> String {
+        let [c, h, w] = self.image_shape();
+        format!("float32 in [0, 1], NCHW [N, {c}, {h}, {w}]")
+    }
+
+    /// Words for messages: "28x28 grey" or "32x32 RGB".
+    pub fn describe(&self) -> String {
+        let colour = match self.channels {
+            1 => "grey".to_string(),
+            3 => "RGB".to_string(),
+            c => format!("{c}-channel"),
+        };
+        format!("{s}x{s} {colour}", s = self.size)
+    }
+
     /// `images` `[N, C, H, W]` float in [0, 1] as `[N, channels, size, size]`, or why not.
     pub fn apply(&self, images: &Tensor) -> std::result::Result<Tensor, String> {
         let shape = images.size();
@@ -80,29 +126,29 @@ mod tests {
     #[test]
     fn channels_are_converted_and_sizes_refused_or_resized() {
         let grey = Tensor::rand([2, 1, 8, 8], (Kind::Float, Device::Cpu));
-        let rgb = Conform { channels: 3, size: 8, resize: Resize::Refuse }.apply(&grey).unwrap();
+        let rgb = InputSpec { channels: 3, size: 8, resize: Resize::Refuse }.apply(&grey).unwrap();
         assert_eq!(rgb.size(), vec![2, 3, 8, 8]);
-        let back = Conform { channels: 1, size: 8, resize: Resize::Refuse }.apply(&rgb).unwrap();
+        let back = InputSpec { channels: 1, size: 8, resize: Resize::Refuse }.apply(&rgb).unwrap();
         assert!((back - &grey).abs().max().double_value(&[]) < 1e-5, "luma of equal channels is the channel");
 
         let wide = Tensor::rand([1, 3, 12, 20], (Kind::Float, Device::Cpu));
-        let err = Conform { channels: 3, size: 8, resize: Resize::Refuse }.apply(&wide).unwrap_err();
+        let err = InputSpec { channels: 3, size: 8, resize: Resize::Refuse }.apply(&wide).unwrap_err();
         assert!(err.contains("20x12") && err.contains("8x8"), "{err}");
-        let out = Conform { channels: 3, size: 8, resize: Resize::ShorterSideCrop }.apply(&wide).unwrap();
+        let out = InputSpec { channels: 3, size: 8, resize: Resize::ShorterSideCrop }.apply(&wide).unwrap();
         assert_eq!(out.size(), vec![1, 3, 8, 8]);
         let small = Tensor::rand([1, 3, 4, 6], (Kind::Float, Device::Cpu));
-        let up = Conform { channels: 3, size: 8, resize: Resize::ShorterSideCrop }.apply(&small).unwrap();
+        let up = InputSpec { channels: 3, size: 8, resize: Resize::ShorterSideCrop }.apply(&small).unwrap();
         assert_eq!(up.size(), vec![1, 3, 8, 8]);
         assert!(up.min().double_value(&[]) >= 0.0 && up.max().double_value(&[]) <= 1.0);
 
         let four = Tensor::rand([1, 4, 8, 8], (Kind::Float, Device::Cpu));
-        assert!(Conform { channels: 3, size: 8, resize: Resize::Refuse }.apply(&four).unwrap_err().contains("4 channels"));
+        assert!(InputSpec { channels: 3, size: 8, resize: Resize::Refuse }.apply(&four).unwrap_err().contains("4 channels"));
     }
 
     #[test]
     fn a_uniform_image_stays_uniform_when_resized() {
         let image = Tensor::full([1, 1, 30, 50], 0.25, (Kind::Float, Device::Cpu));
-        let out = Conform { channels: 1, size: 10, resize: Resize::ShorterSideCrop }.apply(&image).unwrap();
+        let out = InputSpec { channels: 1, size: 10, resize: Resize::ShorterSideCrop }.apply(&image).unwrap();
         assert!((out - 0.25).abs().max().double_value(&[]) < 1e-5);
     }
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cifar::{self, Cifar};
 use super::dataset::{Dataset, Split};
-use super::preprocess::{Conform, Resize};
+use super::preprocess::{InputSpec, Resize};
 use super::{fashion_mnist, idx_set, image_folder, npy_set};
 use crate::error::{Error, Result};
 
@@ -100,7 +100,7 @@ impl DataSource {
         let [c, h, w] = data.image_shape();
         let (channels, size) = self.shape.unwrap_or((c, h.min(w)));
         if [c, h, w] != [channels, size, size] {
-            let rule = Conform { channels, size, resize: self.resize };
+            let rule = InputSpec { channels, size, resize: self.resize };
             data.images = rule
                 .apply(&data.images)
                 .map_err(|reason| Error::Dataset { path: self.dir.clone(), reason: format!("{} split: {reason}", split.name()) })?;

@@ -16,7 +16,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 use super::config::ModelConfig;
 use super::decoupled::DecoupledCnn;
-use crate::data::Resize;
+use crate::data::{InputSpec, Resize};
 use crate::error::{Error, Result};
 use crate::train::TrainingRecord;
 
@@ -65,6 +65,14 @@ pub struct ModelMeta {
     /// Set on models made by `pathguard compact`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compacted_from: Option<crate::compact::CompactionRecord>,
+}
+
+impl ModelMeta {
+    /// What the model takes: its input shape and resize rule.
+    pub fn input_spec(&self) -> InputSpec {
+        let [channels, size, _] = self.pixel_convention.shape;
+        InputSpec { channels, size, resize: self.resize }
+    }
 }
 
 /// A loaded model: its variables, the network built on them, and its metadata.
@@ -186,6 +194,11 @@ impl Checkpoint {
         copy_weights(&checkpoint.vs, &stored).map_err(|reason| fail(&weights_path, reason))?;
         checkpoint.meta = meta;
         Ok(checkpoint)
+    }
+
+    /// What the model takes: its input shape and resize rule.
+    pub fn input_spec(&self) -> InputSpec {
+        self.meta.input_spec()
     }
 
     /// The model's identity: the SHA-256 of its weights file.

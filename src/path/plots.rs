@@ -58,8 +58,8 @@ pub fn heatmap(path: &Path, title: &str, rows: &[String], columns: Option<&[Stri
 /// What the explanation sheet of one image shows.
 pub struct ExplanationSheet<'a> {
     pub title: String,
-    /// 28 x 28 grey values in [0, 1].
-    pub pixels: &'a [f32],
+    /// The image, `[C, H, W]` in [0, 1].
+    pub image: &'a tch::Tensor,
     /// The path, per gated layer, 0/1 per filter.
     pub path: Vec<Vec<u8>>,
     /// The predicted class's template, per gated layer, open frequency per filter.
@@ -70,13 +70,15 @@ pub struct ExplanationSheet<'a> {
 /// template beside it (grey = open frequency).
 pub fn explanation_sheet(path: &Path, sheet: &ExplanationSheet) -> Result<()> {
     let fail = draw_error(path);
-    let scale = 6u32;
+    let side = sheet.image.size()[1].max(sheet.image.size()[2]).max(1) as u32;
+    let scale = (168 / side).max(1);
+    let shown = side * scale;
     let widest = sheet.path.iter().map(|l| l.len()).max().unwrap_or(1) as u32;
     let (cell, row) = (3u32, 14u32);
     let grid_w = widest * cell;
     let grid_h = sheet.path.len() as u32 * row;
-    let width = 28 * scale + 2 * grid_w + 80;
-    let height = (28 * scale).max(grid_h + 40) + 50;
+    let width = shown + 2 * grid_w + 80;
+    let height = shown.max(grid_h + 40) + 50;
     let root = BitMapBackend::new(path, (width, height)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
     let text = crate::preview::fonts_available();
@@ -84,15 +86,10 @@ pub fn explanation_sheet(path: &Path, sheet: &ExplanationSheet) -> Result<()> {
     if text {
         root.draw(&Text::new(sheet.title.clone(), (10, 10), ("sans-serif", 16))).map_err(|e| fail(e.to_string()))?;
     }
-    for (i, &v) in sheet.pixels.iter().enumerate() {
-        let (x, y) = ((i % 28) as u32 * scale + 10, (i / 28) as u32 * scale + top as u32);
-        let g = (255.0 * v.clamp(0.0, 1.0)) as u8;
-        root.draw(&Rectangle::new([(x as i32, y as i32), ((x + scale) as i32, (y + scale) as i32)], RGBColor(g, g, g).filled()))
-            .map_err(|e| fail(e.to_string()))?;
-    }
+    crate::preview::draw_image(&root, sheet.image, (10, top as u32), scale).map_err(&fail)?;
     let grids = [(&sheet.path.iter().map(|l| l.iter().map(|&b| b as f64).collect()).collect::<Vec<Vec<f64>>>(), "path"), (&sheet.template, "class template")];
     for (g, (grid, label)) in grids.iter().enumerate() {
-        let left = 28 * scale + 30 + g as u32 * (grid_w + 20);
+        let left = shown + 30 + g as u32 * (grid_w + 20);
         if text {
             root.draw(&Text::new(label.to_string(), (left as i32, top - 16), ("sans-serif", 13))).map_err(|e| fail(e.to_string()))?;
         }

@@ -10,8 +10,9 @@ use tonic::transport::Channel;
 
 use super::grpc::ScreeningService;
 use super::proto::screening_client::ScreeningClient;
-use super::proto::{images::Source, DataType, EncodedImages, Images, ScreenRequest, ScreenResponse, Tensor};
+use super::proto::{images::Source, DataType, EncodedImages, GetInfoRequest, Images, ScreenRequest, ScreenResponse, Tensor};
 use crate::data::image::{image_kind, ImageKind};
+use crate::data::{InputSpec, Resize};
 use crate::error::{Error, Result};
 
 /// One image to screen.
@@ -25,13 +26,14 @@ pub struct Input {
 pub enum Payload {
     /// A PNG or JPEG file's bytes, decoded by the server.
     Encoded(Vec<u8>),
-    /// 784 grey values in [0, 1] (from an NPY array).
+    /// One image's C x S x S values in [0, 1] (from an NPY array).
     Pixels(Vec<f32>),
 }
 
-/// The inputs named by `paths`: PNG and JPEG files, NPY arrays (one input per image, id
-/// `file#i`) and directories searched recursively for them, in sorted order.
-pub fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<Input>> {
+/// The inputs named by `paths`: PNG and JPEG files, NPY arrays of images of the model's
+/// shape `spec` (one input per image, id `file#i`) and directories searched recursively for
+/// them, in sorted order.
+pub fn collect_inputs(paths: &[PathBuf], spec: &InputSpec) -> Result<Vec<Input>> {
     let mut files = Vec::new();
     for path in paths {
         if path.is_dir() {
@@ -50,7 +52,7 @@ pub fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<Input>> {
                 inputs.push(Input { id: file.display().to_string(), payload: Payload::Encoded(bytes) });
             }
             Some(ImageKind::Npy) => {
-                let images = crate::data::image::read_npy(&file)?;
+                let images = crate::data::image::read_npy(&file, spec)?;
                 let n = images.size()[0];
                 for i in 0..n {
                     let pixels = Vec::<f32>::try_from(images.get(i).flatten(0, -1))?;
@@ -85,8 +87,9 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// A request for `inputs`: encoded files when all are PNG or JPEG, else a float32 tensor.
-pub fn request_for(inputs: &[Input], threshold: Option<f32>, return_path_bits: bool) -> Result<ScreenRequest> {
+/// A request for `inputs`: encoded files when all are PNG or JPEG, else a float32 tensor of
+/// the model's shape `spec` (files decoded here by the same rules as the server's).
+pub fn request_for(inputs: &[Input], spec: &InputSpec, threshold: Option<f32>, return_path_bits: bool) -> Result<ScreenRequest> {
     let source = if inputs.iter().all(|i| matches!(i.payload, Payload::Encoded(_))) {
         let files = inputs
             .iter()
@@ -97,16 +100,17 @@ pub fn request_for(inputs: &[Input], threshold: Option<f32>, return_path_bits: b
             .collect();
         Source::Encoded(EncodedImages { files })
     } else {
-        let mut data = Vec::with_capacity(inputs.len() * 784 * 4);
+        let mut data = Vec::with_capacity(inputs.len() * spec.values_per_image() * 4);
         for input in inputs {
             let pixels = match &input.payload {
                 Payload::Pixels(p) => p.clone(),
-                Payload::Encoded(bytes) => crate::data::image::decode_image(bytes)
+                Payload::Encoded(bytes) => crate::data::image::decode_image(bytes, spec)
                     .map_err(|reason| Error::InvalidInput(format!("{}: {reason}", input.id)))?,
             };
             data.extend(pixels.iter().flat_map(|v| v.to_le_bytes()));
         }
-        Source::Tensor(Tensor { dtype: DataType::Float32 as i32, shape: vec![inputs.len() as i64, 1, 28, 28], data })
+        let [c, h, w] = spec.image_shape();
+        Source::Tensor(Tensor { dtype: DataType::Float32 as i32, shape: vec![inputs.len() as i64, c, h, w], data })
     };
     Ok(ScreenRequest {
         images: Some(Images { source: Some(source) }),
@@ -130,6 +134,22 @@ impl Backend {
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes);
         Ok(Backend::Remote(client))
+    }
+
+    /// What the model behind this backend takes (GetInfo's input shape and resize rule).
+    pub async fn input_spec(&mut self) -> Result<InputSpec> {
+        let status = |s: tonic::Status| Error::InvalidInput(format!("the server answered {:?}: {}", s.code(), s.message()));
+        match self {
+            Backend::InProcess(service) => Ok(service.workers().map_err(status)?.info.input),
+            Backend::Remote(client) => {
+                let info = client.get_info(GetInfoRequest {}).await.map_err(status)?.into_inner();
+                let resize = Resize::from_name(&info.resize).unwrap_or_default();
+                match info.input_shape[..] {
+                    [channels, size, w] if size == w && channels > 0 && size > 0 => Ok(InputSpec { channels, size, resize }),
+                    _ => Err(Error::InvalidInput(format!("the server's model takes input_shape {:?}, not [C, S, S]", info.input_shape))),
+                }
+            }
+        }
     }
 
     /// Screens `requests` in order, calling `on_response` for each answer. Remote: one

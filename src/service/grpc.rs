@@ -51,7 +51,7 @@ impl ScreeningService {
     pub async fn screen_request(&self, mut request: ScreenRequest, deadline: Option<Instant>) -> Result<ScreenResponse, Status> {
         let workers = self.workers()?;
         let decoding = Instant::now();
-        let images = decode_images_blocking(request.images.take(), "images", workers.limits.max_images_per_request).await?;
+        let images = decode_images_blocking(request.images.take(), "images", workers.limits.max_images_per_request, workers.info.input).await?;
         self.metrics.observe_stage("decode", decoding.elapsed());
         let n = images.size()[0] as usize;
         if !request.ids.is_empty() && request.ids.len() != n {
@@ -107,7 +107,7 @@ impl ScreeningService {
     async fn attack_request(&self, mut request: AttackRequest, deadline: Option<Instant>) -> Result<AttackResponse, Status> {
         let workers = self.workers()?;
         let limits = &workers.limits;
-        let images = decode_images_blocking(request.images.take(), "images", limits.max_attack_images).await?;
+        let images = decode_images_blocking(request.images.take(), "images", limits.max_attack_images, workers.info.input).await?;
         let n = images.size()[0] as usize;
         let classes = workers.info.class_names.len() as i64;
         let labels = if request.labels.is_empty() {
@@ -349,8 +349,12 @@ impl Screening for ScreeningService {
             Ok(Response::new(GetInfoResponse {
                 model_hash: info.model_hash.clone(),
                 class_names: info.class_names.clone(),
-                input_shape: vec![1, 28, 28],
-                pixel_convention: "grey, float32 in [0, 1] (0 = black) or uint8 in [0, 255]; no normalisation".into(),
+                input_shape: info.input.image_shape().to_vec(),
+                pixel_convention: format!(
+                    "{}, float32 in [0, 1] (0 = black) or uint8 in [0, 255], NCHW; no normalisation",
+                    info.input.describe()
+                ),
+                resize: info.input.resize.name().into(),
                 gated_layers: info
                     .gate_sizes
                     .iter()

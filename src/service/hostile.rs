@@ -69,6 +69,7 @@ pub fn png_bomb(side: u32) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::data::image::decode_image;
+    use crate::data::{InputSpec, Resize};
 
     #[test]
     fn each_hostile_png_is_refused_with_a_reason() {
@@ -77,17 +78,34 @@ mod tests {
             (giant_header_png(1_000_000, 1_000_000, 8, 0), "1000000x1000000"),
             (png_bomb(2_000), "2000x2000"),
         ] {
-            let err = decode_image(&png).unwrap_err();
+            let err = decode_image(&png, &InputSpec::fashion_mnist()).unwrap_err();
             assert!(err.contains(expected), "{err}");
         }
         for len in [1, 2, 4] {
             let png = short_palette_png(len);
             assert!(png.len() < 200);
-            assert!(decode_image(&png).is_err(), "a {len}-byte palette");
+            assert!(decode_image(&png, &InputSpec::fashion_mnist()).is_err(), "a {len}-byte palette");
         }
         // The builders make real PNGs: the same palette PNG with a whole palette decodes.
-        let grey = decode_image(&short_palette_png(3)).unwrap();
+        let grey = decode_image(&short_palette_png(3), &InputSpec::fashion_mnist()).unwrap();
         assert_eq!(grey.len(), 784);
         assert!(grey.iter().all(|v| (v - 7.0 / 255.0).abs() < 1e-5));
+    }
+
+    #[test]
+    fn a_resizing_model_still_refuses_giant_headers_before_decoding() {
+        let spec = InputSpec { channels: 3, size: 32, resize: Resize::ShorterSideCrop };
+        for (png, expected) in [
+            (giant_header_png(60_000, 60_000, 8, 2), "60000x60000"),
+            (giant_header_png(1_000_000, 1_000_000, 8, 0), "1000000x1000000"),
+            (png_bomb(4_000), "4000x4000"),
+        ] {
+            let err = decode_image(&png, &spec).unwrap_err();
+            assert!(err.contains(expected), "{err}");
+        }
+        // A small image of another size is resized and repeated into three channels.
+        let rgb = decode_image(&short_palette_png(3), &spec).unwrap();
+        assert_eq!(rgb.len(), 3 * 32 * 32);
+        assert!(rgb.iter().all(|v| (v - 7.0 / 255.0).abs() < 1e-4));
     }
 }

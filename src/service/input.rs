@@ -6,10 +6,8 @@ use tonic::Status;
 
 use super::bounded;
 use super::proto::{images::Source, DataType, Images};
-use crate::data::fashion_mnist::IMAGE_SIZE;
 use crate::data::image::decode_image;
-
-const PIXELS: usize = IMAGE_SIZE * IMAGE_SIZE;
+use crate::data::InputSpec;
 
 fn invalid(field: &str, problem: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {problem}"))
@@ -19,19 +17,20 @@ fn invalid(field: &str, problem: impl std::fmt::Display) -> Status {
 /// checking up to a thousand images must not hold up the async runtime (health checks and
 /// every other request run there), nor may a flood of requests decode on more threads than
 /// there are cores.
-pub async fn decode_images_blocking(images: Option<Images>, field: &'static str, max_images: usize) -> Result<Tensor, Status> {
+pub async fn decode_images_blocking(images: Option<Images>, field: &'static str, max_images: usize, spec: InputSpec) -> Result<Tensor, Status> {
     static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
     let permits = PERMITS.get_or_init(|| {
         tokio::sync::Semaphore::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
     });
     let _permit = permits.acquire().await.map_err(|_| Status::unavailable("decoding is shut down"))?;
-    tokio::task::spawn_blocking(move || decode_images(images.as_ref(), field, max_images))
+    tokio::task::spawn_blocking(move || decode_images(images.as_ref(), field, max_images, &spec))
         .await
         .unwrap_or_else(|_| Err(invalid(field, "the images could not be decoded (the decoder failed)")))
 }
 
-/// Decodes `images` into a `[N, 1, 28, 28]` float32 CPU tensor with 1 <= N <= `max_images`.
-pub fn decode_images(images: Option<&Images>, field: &str, max_images: usize) -> Result<Tensor, Status> {
+/// Decodes `images` into a `[N, C, S, S]` float32 CPU tensor for the model's `spec`, with
+/// 1 <= N <= `max_images`.
+pub fn decode_images(images: Option<&Images>, field: &str, max_images: usize, spec: &InputSpec) -> Result<Tensor, Status> {
     let source = images
         .and_then(|i| i.source.as_ref())
         .ok_or_else(|| invalid(field, "missing; give a tensor or encoded image files"))?;
@@ -40,22 +39,22 @@ pub fn decode_images(images: Option<&Images>, field: &str, max_images: usize) ->
             let field = format!("{field}.tensor");
             let dtype = DataType::try_from(t.dtype)
                 .map_err(|_| invalid(&format!("{field}.dtype"), format!("unknown value {}", t.dtype)))?;
-            let n = image_count(&t.shape, &format!("{field}.shape"), max_images)?;
-            let values = tensor_values(dtype, &t.data, n, &field)?;
+            let n = image_count(&t.shape, &format!("{field}.shape"), max_images, spec)?;
+            let values = tensor_values(dtype, &t.data, n * spec.values_per_image(), &field)?;
             (n, values)
         }
         Source::Encoded(e) => {
             let field = format!("{field}.encoded.files");
             check_count(e.files.len(), &field, max_images)?;
-            let mut values = Vec::with_capacity(e.files.len() * PIXELS);
+            let mut values = Vec::with_capacity(e.files.len() * spec.values_per_image());
             for (i, file) in e.files.iter().enumerate() {
-                values.extend(decode_image(file).map_err(|problem| invalid(&format!("{field}[{i}]"), problem))?);
+                values.extend(decode_image(file, spec).map_err(|problem| invalid(&format!("{field}[{i}]"), problem))?);
             }
             (e.files.len(), values)
         }
     };
-    let side = IMAGE_SIZE as i64;
-    Ok(Tensor::from_slice(&values).view([n as i64, 1, side, side]))
+    let [c, h, w] = spec.image_shape();
+    Ok(Tensor::from_slice(&values).view([n as i64, c, h, w]))
 }
 
 fn check_count(n: usize, field: &str, max_images: usize) -> Result<(), Status> {
@@ -68,12 +67,19 @@ fn check_count(n: usize, field: &str, max_images: usize) -> Result<(), Status> {
     Ok(())
 }
 
-/// N from a shape `[N, 1, 28, 28]` or `[N, 28, 28]`.
-fn image_count(shape: &[i64], field: &str, max_images: usize) -> Result<usize, Status> {
-    let side = IMAGE_SIZE as i64;
+/// N from a shape `[N, C, S, S]` (or `[N, S, S]` for a grey model).
+fn image_count(shape: &[i64], field: &str, max_images: usize, spec: &InputSpec) -> Result<usize, Status> {
+    let [channels, side, _] = spec.image_shape();
     let n = match shape {
-        [n, 1, h, w] | [n, h, w] if (*h, *w) == (side, side) => *n,
-        _ => return Err(invalid(field, format!("{}; expected [N, 1, 28, 28] or [N, 28, 28]", bounded::shape(shape)))),
+        [n, c, h, w] if (*c, *h, *w) == (channels, side, side) => *n,
+        [n, h, w] if channels == 1 && (*h, *w) == (side, side) => *n,
+        _ => {
+            let expected = match channels {
+                1 => format!("[N, 1, {side}, {side}] or [N, {side}, {side}]"),
+                c => format!("[N, {c}, {side}, {side}]"),
+            };
+            return Err(invalid(field, format!("{}; expected {expected}", bounded::shape(shape))));
+        }
     };
     if n < 0 {
         return Err(invalid(field, format!("{} has a negative size", bounded::shape(shape))));
@@ -82,8 +88,7 @@ fn image_count(shape: &[i64], field: &str, max_images: usize) -> Result<usize, S
     Ok(n as usize)
 }
 
-fn tensor_values(dtype: DataType, data: &[u8], n: usize, field: &str) -> Result<Vec<f32>, Status> {
-    let count = n * PIXELS;
+fn tensor_values(dtype: DataType, data: &[u8], count: usize, field: &str) -> Result<Vec<f32>, Status> {
     let width = match dtype {
         DataType::Float32 => 4,
         DataType::Uint8 => 1,

@@ -195,12 +195,14 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<ModelMetadataResponse>, Status> {
         let r = request.into_inner();
         check_model(&r.name, &r.version)?;
-        let classes = self.screening.workers()?.info.class_names.len() as i64;
+        let info = &self.screening.workers()?.info;
+        let classes = info.class_names.len() as i64;
+        let [c, h, w] = info.input.image_shape();
         Ok(Response::new(ModelMetadataResponse {
             name: MODEL_NAME.into(),
             versions: vec![MODEL_VERSION.into()],
             platform: "pathguard".into(),
-            inputs: vec![tensor_metadata(INPUT, "FP32", &[-1, 1, 28, 28])],
+            inputs: vec![tensor_metadata(INPUT, "FP32", &[-1, c, h, w])],
             outputs: vec![
                 tensor_metadata("probabilities", "FP32", &[-1, classes]),
                 tensor_metadata("predicted_class", "INT64", &[-1]),

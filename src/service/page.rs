@@ -4,6 +4,7 @@
 //! `POST /api/screen` (one PNG, JPEG or NPY file as the body, through the same screening as
 //! every RPC) and `GET /api/stats`.
 
+use crate::data::InputSpec;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -37,14 +38,17 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
 
-/// The first image of an NPY array of 28 x 28 grey images in [0, 1].
-fn npy_image(bytes: &[u8]) -> Result<Images, String> {
+/// The first image of an NPY array of images of the model's shape, in [0, 1].
+fn npy_image(bytes: &[u8], spec: &InputSpec) -> Result<Images, String> {
     let (shape, values) = crate::data::image::npy_values(bytes).map_err(|e| format!("not a readable NPY array: {e}"))?;
-    if values.len() < 784 || values.len() % 784 != 0 {
-        return Err(format!("the NPY array has shape {shape:?}; give 28 x 28 grey images ([N, 1, 28, 28], [N, 28, 28] or [28, 28])"));
+    let per_image = spec.values_per_image();
+    let [c, s, _] = spec.image_shape();
+    let fits = shape.len() >= 2 && shape[shape.len() - 2..] == [s as usize, s as usize];
+    if !fits || values.len() < per_image || values.len() % per_image != 0 {
+        return Err(format!("the NPY array has shape {shape:?}; give {} images ([N, {c}, {s}, {s}])", spec.describe()));
     }
-    let data = values[..784].iter().flat_map(|v| v.to_le_bytes()).collect();
-    Ok(Images { source: Some(Source::Tensor(Tensor { dtype: DataType::Float32 as i32, shape: vec![1, 1, 28, 28], data })) })
+    let data = values[..per_image].iter().flat_map(|v| v.to_le_bytes()).collect();
+    Ok(Images { source: Some(Source::Tensor(Tensor { dtype: DataType::Float32 as i32, shape: vec![1, c, s, s], data })) })
 }
 
 async fn screen(State(page): State<Page>, body: Body) -> Response {
@@ -57,7 +61,11 @@ async fn screen(State(page): State<Page>, body: Body) -> Response {
         return error(StatusCode::BAD_REQUEST, "no file: send one PNG, JPEG or NPY file as the request body");
     }
     let images = if bytes.starts_with(NPY_MAGIC) {
-        match npy_image(&bytes) {
+        let spec = match page.screening.workers() {
+            Ok(workers) => workers.info.input,
+            Err(s) => return error(StatusCode::SERVICE_UNAVAILABLE, s.message()),
+        };
+        match npy_image(&bytes, &spec) {
             Ok(images) => images,
             Err(e) => return error(StatusCode::BAD_REQUEST, e),
         }

@@ -39,6 +39,8 @@ pub struct ModelInfo {
     pub device: String,
     /// [`crate::train::TrainingRecord::summary`] of the checkpoint.
     pub training: String,
+    /// What the model takes (shape, resize rule): requests are decoded and checked for it.
+    pub input: crate::data::InputSpec,
 }
 
 struct ScreenJob {
@@ -232,6 +234,7 @@ fn model_info(s: &Screener) -> ModelInfo {
     ModelInfo {
         model_hash: s.checkpoint.model_hash().to_string(),
         class_names: s.class_names().to_vec(),
+        input: s.checkpoint.input_spec(),
         gate_sizes: s.gate_sizes(),
         threshold: s.detector.threshold(),
         detector_kind: format!(
