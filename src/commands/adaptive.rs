@@ -30,7 +30,7 @@ pub struct AdaptiveReportArgs {
     /// L-infinity budgets
     #[arg(long, value_delimiter = ',', default_value = "0.02,0.05,0.1,0.2")]
     eps: Vec<f64>,
-    /// The L2 budget
+    /// The L2 budget (0: none)
     #[arg(long, default_value_t = 1.5)]
     l2_eps: f64,
     /// Steps of every attack (step size eps / 10)

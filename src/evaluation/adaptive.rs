@@ -24,6 +24,7 @@ use crate::progress;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AdaptiveOptions {
     pub linf_eps: Vec<f64>,
+    /// The L2 budget; 0 runs none.
     pub l2_eps: f64,
     /// Steps of each attack, at step size eps / 10.
     pub steps: usize,
@@ -158,7 +159,7 @@ pub fn evaluate_adaptive(inputs: &AdaptiveInputs, options: &AdaptiveOptions, com
     eprintln!("clean: accuracy {clean_accuracy:.4}, flagged {clean_flag_rate:.4} at threshold {threshold:.4}");
     let mut budgets = Vec::new();
     let plan: Vec<(Ball, f64)> =
-        options.linf_eps.iter().map(|&e| (Ball::Linf, e)).chain(std::iter::once((Ball::L2, options.l2_eps))).collect();
+        options.linf_eps.iter().map(|&e| (Ball::Linf, e)).chain((options.l2_eps > 0.0).then_some((Ball::L2, options.l2_eps))).collect();
     for (ball, eps) in plan {
         budgets.push(evaluator.budget(ball, eps)?);
     }
