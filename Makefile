@@ -34,10 +34,15 @@ DETECTOR_ARGS := --limit 3000 --eps 0.05,0.1,0.2 --methods fgsm,pgd,pgd-early-st
 # at L-inf eps 0.1 (eps ramped up over 2 epochs), the last epoch with noise-free hard gates;
 # about 9 minutes an epoch on 2 cores alone, resumable (a checkpoint per epoch in runs/robust,
 # committed, so that a stopped run continues from any clone).
+# Real colour images (issue 16): the emoji drawings of two npm packages, 64x64 RGB, nine
+# Unicode categories as classes (scripts/emoji_dataset.py), trained at 32x32.
+EMOJI_DIR := data/emoji
+EMOJI_PACKAGES := emoji-datasource-google@16.0.0 emoji-datasource-twitter@16.0.0
+EMOJI_ARGS := --data $(EMOJI_DIR) --image-size 32 --resize shorter-side-crop --epochs 30 --max-shift 2 --seed 0
 ROBUST_ARGS := --init models/default --epochs 8 --hard-gate-epochs 1 --lr 1e-3 --adversarial n-fgsm \
   --adv-eps 0.1 --adv-eps-warmup-epochs 2 --adv-eval-images 500 --seed 0
 
-.PHONY: help setup data torch fonts browser build bench test serve eval default-model detector distribution evaluate adaptive-report robust-model robust-report corruption-report benign-detector soak clean-venv
+.PHONY: help setup data torch fonts browser build bench test serve eval default-model detector distribution evaluate adaptive-report robust-model robust-report corruption-report benign-detector emoji-data emoji-model soak clean-venv
 
 help:
 	@echo "make serve          set up, build, and start pathguard on models/default"
@@ -161,6 +166,31 @@ robust-model: build
 robust-report: build
 	$(BIN) adaptive-report --model models/robust --limit 200 --steps 100 --restarts 1 --targets 1 \
 	  --eps 0.05,0.1,0.2 --l2-eps 0 --out reports/adaptive-robust
+
+# The emoji image folder, built from the npm packages (fetched with npm, converted with the
+# standard library's Python); written whole or not at all.
+emoji-data: $(EMOJI_DIR)/.complete
+$(EMOJI_DIR)/.complete:
+	@command -v npm >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y npm || { $$SUDO apt-get update && $$SUDO apt-get install -y npm; }; }
+	rm -rf $(EMOJI_DIR).tmp && mkdir -p $(EMOJI_DIR).tmp/packages
+	npm pack --silent --pack-destination $(EMOJI_DIR).tmp/packages $(EMOJI_PACKAGES)
+	cd $(EMOJI_DIR).tmp/packages && for t in *.tgz; do mkdir -p $${t%.tgz} && tar xzf $$t -C $${t%.tgz}; done
+	python3 scripts/emoji_dataset.py $(EMOJI_DIR).tmp/packages/*/package $(EMOJI_DIR).tmp/images
+	rm -rf $(EMOJI_DIR) && mv $(EMOJI_DIR).tmp/images $(EMOJI_DIR) && rm -rf $(EMOJI_DIR).tmp
+	touch $@
+
+# A decoupled model of the shipped architecture on the emoji folder (resumable in runs/emoji),
+# its detector, and its evaluation report (reports/emoji).
+emoji-model: build emoji-data
+	mkdir -p runs/emoji models/emoji/training-logs
+	set -o pipefail; $(BIN) train --out runs/emoji --resume $(EMOJI_ARGS) | tee -a runs/emoji/train.log
+	cp runs/emoji/model.safetensors models/emoji/ && cp runs/emoji/config.json models/emoji/
+	cp runs/emoji/train.log models/emoji/training-logs/train.log
+	$(BIN) fit-detector --model models/emoji --data $(EMOJI_DIR) --limit 3120 --eps 0.05,0.1,0.2 --methods fgsm,pgd,pgd-early-stop --seed 0
+	$(BIN) eval --model models/emoji --data $(EMOJI_DIR) --json
+	$(BIN) evaluate --model models/emoji --data $(EMOJI_DIR) --limit 692 --train-limit 2000 --slow-limit 200 \
+	  --corruption-limit 0 --out reports/emoji
 
 # The benign-corruption tables of README (reports/corruptions*), for the shipped detector and
 # for the one fitted with mildly corrupted images as clean (make benign-detector).

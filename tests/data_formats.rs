@@ -89,7 +89,7 @@ fn image_folders_load_sorted_classes_and_conform_sizes_only_when_asked() {
     assert_eq!(DataFormat::detect(dir.path()).unwrap(), DataFormat::ImageFolder);
 
     let mut source = DataSource::new(dir.path().into());
-    source.shape = Some((3, 32));
+    (source.channels, source.size) = (Some(3), Some(32));
     let err = source.load(Split::Train).unwrap_err().to_string();
     assert!(err.contains("000.png") && err.contains("40x30") && err.contains("32x32"), "{err}");
 
@@ -107,7 +107,7 @@ fn image_folders_load_sorted_classes_and_conform_sizes_only_when_asked() {
     assert!((grey.get(0) - grey.get(2)).abs().max().double_value(&[]) < 1e-6, "grey repeated into RGB");
 
     // Without a model's shape, the first image's shorter side sets it.
-    let own = DataSource { shape: None, ..source.clone() }.load(Split::Train).unwrap();
+    let own = DataSource { channels: None, size: None, ..source.clone() }.load(Split::Train).unwrap();
     assert_eq!(own.images.size(), vec![12, 3, 30, 30]);
 
     // train/ and test/ must name the same classes.

@@ -19,6 +19,10 @@ pub struct DataArgs {
     /// shorter side, crop the centre) [default: the model's rule; refuse for a new model]
     #[arg(long, value_enum)]
     pub resize: Option<Resize>,
+    /// Side (pixels) a new model's square input gets; images are brought to it by --resize
+    /// [default: the data's own]
+    #[arg(long)]
+    pub image_size: Option<i64>,
     /// auto (GPU if CUDA works), cpu, cuda or cuda:N
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -32,8 +36,10 @@ impl DataArgs {
         source.format = self.data_format;
         if let Some(meta) = model {
             let [c, h, _] = meta.pixel_convention.shape;
-            source.shape = Some((c, h));
+            (source.channels, source.size) = (Some(c), Some(h));
             source.resize = meta.resize;
+        } else {
+            source.size = self.image_size;
         }
         if let Some(resize) = self.resize {
             source.resize = resize;
@@ -45,6 +51,13 @@ impl DataArgs {
 /// One split of the data set (its first `limit` images if given), brought to `model`'s input
 /// and checked against its classes when given.
 pub fn load_split(args: &DataArgs, model: Option<&ModelMeta>, split: Split, limit: Option<usize>) -> Result<Dataset> {
+    match (args.image_size, model) {
+        (Some(size), _) if size < 1 => bail!("--image-size must be at least 1 pixel, got {size}"),
+        (Some(size), Some(meta)) if size != meta.pixel_convention.shape[1] => {
+            bail!("--image-size {size}: the model takes {}x{} images", meta.pixel_convention.shape[1], meta.pixel_convention.shape[2])
+        }
+        _ => {}
+    }
     let source = args.source(model);
     let data = source.load(split)?;
     if let Some(meta) = model {

@@ -4,7 +4,7 @@
 //! (chosen by a hash of the file's name, so adding files moves no other) is the test split.
 //!
 //! Images are decoded to grey or RGB (alpha dropped, 16-bit scaled to 8) and brought to one
-//! shape by [`InputSpec`]: the channels and side of `shape` when given (a model's), else those
+//! shape by [`InputSpec`]: the channels and side asked for (a model's) when given, else those
 //! of the first image in sorted order.
 
 use std::path::{Path, PathBuf};
@@ -27,8 +27,8 @@ pub fn is_image_folder(dir: &Path) -> bool {
     class_folders(&root).ok().is_some_and(|classes| classes.iter().any(|c| image_files(c).is_ok_and(|f| !f.is_empty())))
 }
 
-/// Loads one split. `shape` is `(channels, side)` to conform to, if already known.
-pub fn load(dir: &Path, split: Split, shape: Option<(i64, i64)>, resize: Resize, seed: u64) -> Result<Dataset> {
+/// Loads one split. `shape` is `(channels, side)` to bring images to, each if known.
+pub fn load(dir: &Path, split: Split, shape: (Option<i64>, Option<i64>), resize: Resize, seed: u64) -> Result<Dataset> {
     let bad = |path: &Path, reason: String| Error::Dataset { path: path.into(), reason };
     let split_dirs = dir.join("train").is_dir() && dir.join("test").is_dir();
     let root = if split_dirs { dir.join(split.name()) } else { dir.to_path_buf() };
@@ -69,7 +69,7 @@ pub fn load(dir: &Path, split: Split, shape: Option<(i64, i64)>, resize: Resize,
         let image = decode(file)?;
         let rule = *conform.get_or_insert_with(|| {
             let s = image.size();
-            let (channels, side) = shape.unwrap_or((s[1], s[2].min(s[3])));
+            let (channels, side) = (shape.0.unwrap_or(s[1]), shape.1.unwrap_or(s[2].min(s[3])));
             InputSpec { channels, size: side, resize }
         });
         images.push(rule.apply(&image).map_err(|reason| Error::Image { path: file.clone(), reason })?);

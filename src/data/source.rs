@@ -65,9 +65,12 @@ impl DataFormat {
 pub struct DataSource {
     pub dir: PathBuf,
     pub format: DataFormat,
-    /// `(channels, side)` to conform to (a model's input); None: the data's own (the first
-    /// image's for an image folder; the shorter side when images are not square).
-    pub shape: Option<(i64, i64)>,
+    /// Channels to bring images to (a model's); None: the data's own (the first image's for an
+    /// image folder).
+    pub channels: Option<i64>,
+    /// Side to bring images to (a model's, or one asked for); None: the data's own (the
+    /// shorter side when images are not square).
+    pub size: Option<i64>,
     pub resize: Resize,
     /// Seed of an image folder's hold-out split.
     pub seed: u64,
@@ -80,10 +83,10 @@ impl DataSource {
     }
 
     pub fn new(dir: PathBuf) -> Self {
-        DataSource { dir, format: DataFormat::Auto, shape: None, resize: Resize::Refuse, seed: 0 }
+        DataSource { dir, format: DataFormat::Auto, channels: None, size: None, resize: Resize::Refuse, seed: 0 }
     }
 
-    /// Loads one split, conformed to [`Self::shape`].
+    /// Loads one split, its images brought to [`Self::channels`] and [`Self::size`].
     pub fn load(&self, split: Split) -> Result<Dataset> {
         let format = match self.format {
             DataFormat::Auto => DataFormat::detect(&self.dir)?,
@@ -95,10 +98,10 @@ impl DataSource {
             DataFormat::Cifar10 => cifar::load(&self.dir, Cifar::Ten, split)?,
             DataFormat::Cifar100 => cifar::load(&self.dir, Cifar::Hundred, split)?,
             DataFormat::Npy => npy_set::load(&self.dir, split)?,
-            DataFormat::ImageFolder => image_folder::load(&self.dir, split, self.shape, self.resize, self.seed)?,
+            DataFormat::ImageFolder => image_folder::load(&self.dir, split, (self.channels, self.size), self.resize, self.seed)?,
         };
         let [c, h, w] = data.image_shape();
-        let (channels, size) = self.shape.unwrap_or((c, h.min(w)));
+        let (channels, size) = (self.channels.unwrap_or(c), self.size.unwrap_or(h.min(w)));
         if [c, h, w] != [channels, size, size] {
             let rule = InputSpec { channels, size, resize: self.resize };
             data.images = rule
