@@ -6,12 +6,11 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use pathguard::attack_set::{run_attack, run_attack_until, write_attack_set, AttackParams, GateGradient, Manifest, ATTACK_SET_FILES};
-use pathguard::data::Split;
 use pathguard::detector::{PathDetector, DETECTOR_FILE};
 use pathguard::device::parse_device;
 use pathguard::model::Checkpoint;
 
-use super::data_args::{load_split, DataArgs};
+use super::data_args::{load_slice, DataArgs, SliceArgs};
 
 #[derive(Args)]
 pub struct AttackArgs {
@@ -76,15 +75,9 @@ pub struct AttackArgs {
     /// Adaptive methods: the budget's norm, linf or l2 [default: linf]
     #[arg(long)]
     norm: Option<String>,
-    /// train or test
-    #[arg(long, default_value = "test")]
-    split: String,
-    /// First image of the split to attack
-    #[arg(long, default_value_t = 0)]
-    offset: usize,
-    /// Number of images to attack
-    #[arg(long, default_value_t = 1000)]
-    limit: usize,
+    /// The images to attack
+    #[command(flatten)]
+    slice: SliceArgs,
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
     /// Gradient through the hard gates: surrogate (sigmoid, straight-through) or hard (zero)
@@ -102,11 +95,6 @@ pub struct AttackArgs {
 
 pub fn run_attack_command(args: AttackArgs) -> Result<()> {
     let device = parse_device(&args.data.device)?;
-    let split = match args.split.as_str() {
-        "train" => Split::Train,
-        "test" => Split::Test,
-        other => anyhow::bail!("unknown split {other:?}; use train or test"),
-    };
     let params = AttackParams {
         steps: args.steps,
         step_size: args.step_size,
@@ -136,13 +124,7 @@ pub fn run_attack_command(args: AttackArgs) -> Result<()> {
         }
         None => None,
     };
-    let full = load_split(&args.data, Some(&checkpoint.meta), split, None)?;
-    if args.limit == 0 || args.offset >= full.len() {
-        anyhow::bail!("--offset {} --limit {} selects no images of the {} split ({} images)", args.offset, args.limit, args.split, full.len());
-    }
-    let len = args.limit.min(full.len() - args.offset) as i64;
-    let data = full.slice(args.offset, len as usize);
-    let indices = tch::Tensor::arange_start(args.offset as i64, args.offset as i64 + len, (tch::Kind::Int64, tch::Device::Cpu));
+    let (data, indices) = load_slice(&args.data, &checkpoint.meta, &args.slice)?;
     let outcome = run_attack_until(
         &checkpoint.model,
         detector.as_ref(),
@@ -175,8 +157,8 @@ pub fn run_attack_command(args: AttackArgs) -> Result<()> {
         other_gate_gradient: other_gate_gradient.clone(),
         model_dir: args.model.clone(),
         model_hash: checkpoint.model_hash().into(),
-        split: args.split.clone(),
-        offset: args.offset,
+        split: args.slice.split.name().into(),
+        offset: args.slice.offset,
         stats: s.clone(),
         detector: outcome.detector.clone(),
         class_names: checkpoint.meta.class_names.clone(),

@@ -7,13 +7,12 @@ use anyhow::Result;
 use clap::Args;
 use pathguard::corruption_set::write_corruption_set;
 use pathguard::corruptions::{find, CORRUPTIONS};
-use pathguard::data::{Dataset, Split};
-use pathguard::model::ModelMeta;
+use pathguard::data::Split;
 use pathguard::device::parse_device;
 use pathguard::evaluation::corruptions::corruption_report;
 use pathguard::screener::Screener;
 
-use super::data_args::{load_split, DataArgs};
+use super::data_args::{load_slice, DataArgs, SliceArgs};
 
 #[derive(Args)]
 pub struct CorruptArgs {
@@ -31,32 +30,11 @@ pub struct CorruptArgs {
     model: PathBuf,
     #[command(flatten)]
     data: DataArgs,
-    /// train or test
-    #[arg(long, default_value = "test")]
-    split: String,
-    #[arg(long, default_value_t = 0)]
-    offset: usize,
-    #[arg(long, default_value_t = 1000)]
-    limit: usize,
+    /// The images to corrupt
+    #[command(flatten)]
+    slice: SliceArgs,
     #[arg(long)]
     out: PathBuf,
-}
-
-/// The images `--offset`, `--limit` select from a split, and their positions.
-fn slice(args: &DataArgs, model: &ModelMeta, split: &str, offset: usize, limit: usize) -> Result<(Dataset, tch::Tensor)> {
-    let which = match split {
-        "train" => Split::Train,
-        "test" => Split::Test,
-        other => anyhow::bail!("unknown split {other:?}; use train or test"),
-    };
-    let full = load_split(args, Some(model), which, None)?;
-    if limit == 0 || offset >= full.len() {
-        anyhow::bail!("--offset {offset} --limit {limit} selects no images of the {split} split ({} images)", full.len());
-    }
-    let len = limit.min(full.len() - offset) as i64;
-    let data = full.slice(offset, len as usize);
-    let indices = tch::Tensor::arange_start(offset as i64, offset as i64 + len, (tch::Kind::Int64, tch::Device::Cpu));
-    Ok((data, indices))
 }
 
 pub fn run_corrupt(args: CorruptArgs) -> Result<()> {
@@ -64,7 +42,7 @@ pub fn run_corrupt(args: CorruptArgs) -> Result<()> {
     corruption.level(args.severity)?; // refuse before loading anything
     let device = parse_device(&args.data.device)?;
     let screener = Screener::load(&args.model, device)?;
-    let (data, indices) = slice(&args.data, &screener.checkpoint.meta, &args.split, args.offset, args.limit)?;
+    let (data, indices) = load_slice(&args.data, &screener.checkpoint.meta, &args.slice)?;
     let m = write_corruption_set(
         &args.out,
         &screener,
@@ -74,8 +52,8 @@ pub fn run_corrupt(args: CorruptArgs) -> Result<()> {
         args.seed,
         &data,
         &indices,
-        &args.split,
-        args.offset,
+        args.slice.split.name(),
+        args.slice.offset,
     )?;
     println!(
         "{} severity {} ({} {}) on {} images: accuracy {:.4} (clean {:.4}), flagged {:.4} (clean {:.4}), mean change {:.4}",
@@ -116,7 +94,8 @@ pub struct CorruptionReportArgs {
 pub fn run_corruption_report(args: CorruptionReportArgs) -> Result<()> {
     let device = parse_device(&args.data.device)?;
     let mut screener = Screener::load(&args.model, device)?;
-    let (data, _) = slice(&args.data, &screener.checkpoint.meta, "test", args.offset, args.limit)?;
+    let test = SliceArgs { split: Split::Test, offset: args.offset, limit: args.limit };
+    let (data, _) = load_slice(&args.data, &screener.checkpoint.meta, &test)?;
     if let Some(path) = &args.detector {
         screener.detector = pathguard::detector::PathDetector::load(path, screener.checkpoint.model_hash())?;
     }

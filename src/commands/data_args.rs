@@ -48,6 +48,31 @@ impl DataArgs {
     }
 }
 
+/// The images a command works on: a slice of one split.
+#[derive(Args)]
+pub struct SliceArgs {
+    #[arg(long, value_enum, default_value_t = Split::Test)]
+    pub split: Split,
+    /// First image of the split
+    #[arg(long, default_value_t = 0)]
+    pub offset: usize,
+    /// Number of images
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
+}
+
+/// The images `slice` selects, brought to `model`'s input, and their positions in the split.
+pub fn load_slice(args: &DataArgs, model: &ModelMeta, slice: &SliceArgs) -> Result<(Dataset, tch::Tensor)> {
+    let full = load_split(args, Some(model), slice.split, None)?;
+    let (offset, limit) = (slice.offset, slice.limit);
+    if limit == 0 || offset >= full.len() {
+        bail!("--offset {offset} --limit {limit} selects no images of the {} split ({} images)", slice.split.name(), full.len());
+    }
+    let len = limit.min(full.len() - offset);
+    let indices = tch::Tensor::arange_start(offset as i64, (offset + len) as i64, (tch::Kind::Int64, tch::Device::Cpu));
+    Ok((full.slice(offset, len), indices))
+}
+
 /// One split of the data set (its first `limit` images if given), brought to `model`'s input
 /// and checked against its classes when given.
 pub fn load_split(args: &DataArgs, model: Option<&ModelMeta>, split: Split, limit: Option<usize>) -> Result<Dataset> {

@@ -8,7 +8,7 @@ use tch::{Kind, Tensor};
 use crate::error::{Error, Result};
 
 /// Which half of a data set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Split {
     Train,
     Test,
