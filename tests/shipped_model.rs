@@ -40,3 +40,19 @@ fn shipped_model_records_how_it_was_made() {
     assert!(!training.epochs.is_empty());
     assert_eq!(checkpoint.meta.class_names, fashion_mnist::CLASS_NAMES);
 }
+
+/// models/robust: the adversarially trained model, with a detector fitted to it, loads as a
+/// screener and says how it was trained.
+#[test]
+fn the_robust_model_ships_with_its_detector_and_its_training_record() {
+    let dir = crate::repo_root().join("models/robust");
+    let screener = pathguard::screener::Screener::load(&dir, Device::Cpu).unwrap();
+    let training = screener.checkpoint.meta.training.as_ref().expect("training record");
+    assert_eq!(training.initialized_from.as_deref(), Some(Checkpoint::load(&crate::default_model_dir(), Device::Cpu).unwrap().model_hash()));
+    let summary = training.summary();
+    assert!(summary.starts_with("adversarial training (n-fgsm at L-inf eps 0.1)"), "{summary}");
+    let test = fashion_mnist::load(&default_dir(), Split::Test).unwrap().take(500);
+    let report = evaluate(&screener.checkpoint.model, &test, Device::Cpu, 500, false, Execution::Auto).unwrap();
+    assert!(report.accuracy > 0.8 && report.mean_open_fraction <= 0.6, "{} / {}", report.accuracy, report.mean_open_fraction);
+    assert!(dir.join("training-logs/train.log").is_file());
+}
