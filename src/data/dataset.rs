@@ -67,11 +67,6 @@ impl Dataset {
         }
     }
 
-    /// The same class names with other images and labels (a batch, an attacked copy).
-    pub fn with(&self, images: Tensor, labels: Tensor) -> Dataset {
-        Dataset { images, labels, class_names: self.class_names.clone() }
-    }
-
     /// Builds a data set from 8-bit pixels `[N, C, H, W]` and labels, checking that the
     /// counts agree and every label names a class. `source` names the files in errors.
     pub fn from_u8(
