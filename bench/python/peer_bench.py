@@ -11,6 +11,7 @@ import argparse
 import gzip
 import json
 import math
+import os
 import pathlib
 import statistics
 import sys
@@ -22,7 +23,14 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from pathguard_ref import DecoupledCNN, decoupling_loss  # noqa: E402
 
-DATA = pathlib.Path("/usr/share/datasets/fashion-mnist")
+# The same variable and default as src/data/fashion_mnist.rs.
+DATA = pathlib.Path(os.environ.get("PATHGUARD_DATA", "/usr/share/datasets/fashion-mnist"))
+
+
+def synchronize(device):
+    """Waits for queued CUDA kernels, so a timer stopped after it counts them."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def images(split, n):
@@ -54,12 +62,13 @@ def train_epoch(model, x, y, batch, peak_lr=3e-3, weight_decay=5e-4):
     optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=weight_decay)
     n = len(x)
     total = (n + batch - 1) // batch
+    synchronize(x.device)
     start = time.perf_counter()
-    order = torch.randperm(n)
+    order = torch.randperm(n, device=x.device)
     for step in range(total):
         idx = order[step * batch:(step + 1) * batch]
         xb, yb = x[idx], y[idx]
-        flip = torch.rand(len(idx), 1, 1, 1) < 0.5
+        flip = torch.rand(len(idx), 1, 1, 1, device=x.device) < 0.5
         xb = torch.where(flip, xb.flip(3), xb)
         for group in optimizer.param_groups:
             group["lr"] = one_cycle_lr(peak_lr, step, total)
@@ -69,6 +78,7 @@ def train_epoch(model, x, y, batch, peak_lr=3e-3, weight_decay=5e-4):
         loss.backward()
         optimizer.step()
         _ = [t.item() for t in terms], (logits.argmax(1) == yb).sum().item()
+    synchronize(x.device)
     return n / (time.perf_counter() - start)
 
 
@@ -167,11 +177,14 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip", type=int, default=0, help="test images to skip before the N")
     parser.add_argument("--eps", type=float, default=0.1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (not for detect)")
     args = parser.parse_args()
     torch.manual_seed(0)
+    device = torch.device(args.device)
     if args.what == "train":
         x, y = images("train", args.images)
-        rates = [train_epoch(DecoupledCNN.load(args.model_dir), x, y, args.batch) for _ in range(args.repeats)]
+        x, y = x.to(device), y.to(device)
+        rates = [train_epoch(DecoupledCNN.load(args.model_dir).to(device), x, y, args.batch) for _ in range(args.repeats)]
         print(json.dumps({"images_per_second": statistics.median(rates)}))
         return
     model = DecoupledCNN.load(args.model_dir)
@@ -181,24 +194,31 @@ def main():
     x, y = images("t10k", args.skip + args.images)
     x, y = x[args.skip:], y[args.skip:]
     if args.what == "forward":
+        model, x = model.to(device), x.to(device)
         rates = []
         with torch.no_grad():
+            model(x[:args.batch])  # the first CUDA call pays for kernel loading
             for _ in range(args.repeats):
+                synchronize(device)
                 start = time.perf_counter()
                 for i in range(0, len(x), args.batch):
                     model(x[i:i + args.batch])
+                synchronize(device)
                 rates.append(len(x) / (time.perf_counter() - start))
         print(json.dumps({"images_per_second": statistics.median(rates)}))
         return
     import torchattacks
 
-    wrapped = LogitsOnly(model).eval()
+    wrapped = LogitsOnly(model.to(device)).eval()
+    x, y = x.to(device), y.to(device)
     if args.what == "fgsm":
         attack = torchattacks.FGSM(wrapped, eps=args.eps)
     else:
         attack = torchattacks.PGD(wrapped, eps=args.eps, alpha=2.5 * args.eps / 40, steps=40, random_start=True)
+    synchronize(device)
     start = time.perf_counter()
     adversarial = torch.cat([attack(x[i:i + args.batch], y[i:i + args.batch]) for i in range(0, len(x), args.batch)])
+    synchronize(device)
     seconds = time.perf_counter() - start
     with torch.no_grad():
         clean = wrapped(x).argmax(1)
