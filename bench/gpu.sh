@@ -5,12 +5,14 @@
 # what libtorch sees; test-set evaluation on CUDA; forward and screening throughput beside
 # PyTorch eager on the same GPU and weights (bench/python/peer_bench.py); one decoupled-training
 # epoch on the 60,000 training images, ours and PyTorch's; the detector-aware attack report
-# (adaptive-report) on 1,000 test images for models/robust and models/default; PGD-40 beside
+# (adaptive-report) on 1,000 test images for models/robust, its detector hardened on such attacks
+# (fit-detector --harden-rounds), a second robust model (seed 1) and models/default; PGD-40 beside
 # torchattacks; a server on CUDA under gRPC load; `train --epochs 1`; evaluation on the CPUs.
 #
 #   bench/gpu.sh [BIN] [OUT]     BIN: target/release/pathguard, OUT: gpu-out
 #
-# Writes OUT/gpu.log (everything printed) and OUT/reports.tar.gz (the two reports).
+# Writes OUT/gpu.log (everything printed), OUT/reports.tar.gz (the adaptive reports),
+# OUT/robust-hardened-detector.json and OUT/robust-seed1.tar.gz (the second robust model).
 # DEVICE=cpu and SCALE=small run the same steps on a few images, to try the script here.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,9 +26,9 @@ mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu.log") 2>&1
 
 if [ "${SCALE:-full}" = small ]; then
-  EVAL=500 FORWARD=512 TRAIN=512 PGD=64 ADAPTIVE=8 LOAD_S=3
+  EVAL=500 FORWARD=512 TRAIN=512 PGD=64 ADAPTIVE=8 LOAD_S=3 ROBUST_EPOCHS=1 FIT=64
 else
-  EVAL=10000 FORWARD=10000 TRAIN=60000 PGD=1000 ADAPTIVE=1000 LOAD_S=15
+  EVAL=10000 FORWARD=10000 TRAIN=60000 PGD=1000 ADAPTIVE=1000 LOAD_S=15 ROBUST_EPOCHS=8 FIT=1000
 fi
 
 # run SECONDS COMMAND...: prints the command, its output, exit status and wall time; the
@@ -76,6 +78,25 @@ peer 60 train --images $TRAIN --repeats 1
 
 echo "## detector-aware attacks on $ADAPTIVE test images"
 adaptive models/robust adaptive-robust 150
+
+echo "## models/robust's detector hardened on detector-aware attacks (2 rounds at eps 0.1), then the same attacks"
+mkdir -p "$WORK/robust-hardened"
+cp models/robust/model.safetensors models/robust/config.json "$WORK/robust-hardened/"
+run 200 "$BIN" fit-detector --model "$WORK/robust-hardened" --device "$DEVICE" --limit $FIT --eps 0.05,0.1,0.2 \
+  --methods fgsm,pgd,pgd-early-stop --seed 0 --harden-rounds 2 --harden-eps 0.1 --harden-steps 100 --batch-size 1000
+if [ -f "$WORK/robust-hardened/detector.json" ]; then
+  cp "$WORK/robust-hardened/detector.json" "$OUT/robust-hardened-detector.json"
+  adaptive "$WORK/robust-hardened" adaptive-robust-hardened 150
+fi
+
+echo "## a second robust model, seed 1 (ROBUST_ARGS and ROBUST_DETECTOR_ARGS of the Makefile), under the same attacks"
+run 200 "$BIN" train --device "$DEVICE" --out "$WORK/robust-seed1" --limit $TRAIN --init models/default --epochs $ROBUST_EPOCHS \
+  --hard-gate-epochs 1 --lr 1e-3 --adversarial n-fgsm --adv-eps 0.1 --adv-eps-warmup-epochs 2 --adv-eval-images 500 --seed 1
+run 120 "$BIN" fit-detector --model "$WORK/robust-seed1" --device "$DEVICE" --limit $FIT --eps 0.05,0.1,0.2 \
+  --methods fgsm,pgd,pgd-early-stop --seed 1
+[ -f "$WORK/robust-seed1/detector.json" ] && adaptive "$WORK/robust-seed1" adaptive-robust-seed1 150
+tar -czf "$OUT/robust-seed1.tar.gz" -C "$WORK" --exclude '*checkpoint*' robust-seed1 2>/dev/null
+
 adaptive models/default adaptive-default 120
 
 echo "## PGD-40, eps 0.1, batch 128 ($PGD test images), pathguard then torchattacks"

@@ -45,6 +45,36 @@ pub struct DetectorRecord {
     /// Metrics on the validation images (clean vs all attacks), at the chosen threshold.
     pub validation: DetectionMetrics,
     pub seconds: f64,
+    /// Rounds of refitting on detector-aware attacks (`fit-detector --harden-rounds`); round
+    /// 0 is the detector before them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hardening: Vec<HardeningRound>,
+}
+
+/// One round of detector hardening and how the strongest detector-aware attack did against
+/// the detector it produced, on the held-out validation images.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HardeningRound {
+    pub round: usize,
+    /// Positive rows added this round (detector-aware images that fool the model).
+    pub added_rows: usize,
+    pub threshold: f64,
+    /// Clean validation images flagged at that threshold.
+    pub validation_clean_flag_rate: f64,
+    pub budgets: Vec<HardeningBudget>,
+    pub seconds: f64,
+}
+
+/// The strongest detector-aware attack at one L-inf budget, on the validation images.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HardeningBudget {
+    pub eps: f64,
+    /// Misclassified and not flagged, of all validation images.
+    pub sr_at_5: f64,
+    /// Misclassified, flagged or not.
+    pub misclassified: f64,
+    /// Correct under every attack (the model alone).
+    pub model_alone_accuracy: f64,
 }
 
 /// One logistic expert and the columns it reads.

@@ -86,12 +86,15 @@ pub fn labelled_rows(clean: &Array2<f64>, adversarial: &Array2<f64>) -> (Array2<
 }
 
 pub const GATE_LOGIT_EXPERT: &str = "gate logits";
+/// Name prefix of the blocks of detector-aware attack images ([`crate::detector_hardening`]).
+pub const ADAPTIVE_BLOCK: &str = "adaptive";
 pub const PATH_STATISTICS_EXPERT: &str = "path statistics";
 
 /// The two experts of the path detector (see [`crate::detector`]), fitted on `clean` rows
 /// versus the adversarial rows of `blocks`: the gate-logit expert on the full-strength
 /// attacks, the path-statistics expert on the early-stopped ones (minimal, low-confidence
-/// examples). An expert with no such blocks learns from all of them.
+/// examples), both on detector-aware ones ([`ADAPTIVE_BLOCK`]). An expert with no blocks of
+/// its kind learns from all of them.
 pub fn fit_experts<'a>(
     model: &DecoupledCnn,
     clean: &Representations,
@@ -101,10 +104,17 @@ pub fn fit_experts<'a>(
     let total = sizes.iter().sum::<i64>() as usize;
     let (minimal, strong): (Vec<&AttackBlock>, Vec<&AttackBlock>) =
         blocks.iter().copied().partition(|b| b.name.contains("early stop"));
-    let or_all = |v: Vec<&'a AttackBlock>| if v.is_empty() { blocks.to_vec() } else { v };
+    // Detector-aware attacks evade both experts at once, so both learn from them.
+    let (adaptive, strong): (Vec<&AttackBlock>, Vec<&AttackBlock>) = strong.into_iter().partition(|b| b.name.starts_with(ADAPTIVE_BLOCK));
+    let with_adaptive = |v: Vec<&'a AttackBlock>| -> Vec<&'a AttackBlock> {
+        if v.is_empty() {
+            return blocks.to_vec();
+        }
+        v.into_iter().chain(adaptive.iter().copied()).collect()
+    };
     let experts = [
-        (GATE_LOGIT_EXPERT, FeatureSpec::gate_logits_only(sizes.len(), total), or_all(strong)),
-        (PATH_STATISTICS_EXPERT, FeatureSpec::for_layers(sizes.len()), or_all(minimal)),
+        (GATE_LOGIT_EXPERT, FeatureSpec::gate_logits_only(sizes.len(), total), with_adaptive(strong)),
+        (PATH_STATISTICS_EXPERT, FeatureSpec::for_layers(sizes.len()), with_adaptive(minimal)),
     ];
     experts
         .into_iter()
@@ -123,6 +133,22 @@ pub fn fit_experts<'a>(
         .collect()
 }
 
+/// A fitted detector with what it was fitted and validated on, for hardening to go on from.
+pub struct DetectorFit {
+    pub detector: PathDetector,
+    /// The images the experts were fitted on, and the held-out ones.
+    pub fit_part: Dataset,
+    pub val_part: Dataset,
+    /// Negative rows of the fit (clean, plus mild corruptions when asked), and the positive blocks.
+    pub clean: Representations,
+    pub blocks: Vec<AttackBlock>,
+    /// Which fit images the model classifies correctly.
+    pub fit_correct: Vec<bool>,
+    /// Clean validation rows (the threshold's) and the attacked validation rows.
+    pub val_clean: Representations,
+    pub val_adv: Representations,
+}
+
 /// Fits the detector on the first images of `train`, validating on the rest.
 pub fn fit_path_detector(
     model: &DecoupledCnn,
@@ -132,6 +158,18 @@ pub fn fit_path_detector(
     train: &Dataset,
     options: &FitOptions,
 ) -> Result<PathDetector> {
+    Ok(fit_detector_parts(model, model_hash, device, template_set, train, options)?.detector)
+}
+
+/// [`fit_path_detector`], keeping what the fit used.
+pub fn fit_detector_parts(
+    model: &DecoupledCnn,
+    model_hash: &str,
+    device: Device,
+    template_set: &Dataset,
+    train: &Dataset,
+    options: &FitOptions,
+) -> Result<DetectorFit> {
     if !(options.validation_fraction > 0.0 && options.validation_fraction < 1.0) {
         return Err(Error::Config(format!("validation fraction must be in (0, 1), got {}", options.validation_fraction)));
     }
@@ -162,12 +200,7 @@ pub fn fit_path_detector(
     let (val_clean, _) = negatives(&val_material, model, device, &val_part, &detector.templates, options)?;
     let val_adv = val_material.adversarial("").expect("at least one attack");
     detector.calibrate(&val_clean, options.target_fpr)?;
-    let (scores, val_labels) = crate::evaluation::labelled_scores(
-        &detector.score_representations(&val_clean)?,
-        &detector.score_representations(&val_adv)?,
-    );
-    let validation = DetectionMetrics::compute(&scores, &val_labels, detector.threshold)
-        .map_err(|e| Error::Config(format!("validating the detector: {e}")))?;
+    let validation = validate(&detector, &val_clean, &val_adv)?;
 
     detector.record = Some(DetectorRecord {
         attacks: options.attacks.iter().map(describe_attack).collect(),
@@ -179,6 +212,25 @@ pub fn fit_path_detector(
         target_false_positive_rate: options.target_fpr,
         validation,
         seconds: started.elapsed().as_secs_f64(),
+        hardening: Vec::new(),
     });
-    Ok(detector)
+    Ok(DetectorFit {
+        detector,
+        fit_part,
+        val_part,
+        clean,
+        fit_correct: fit_material.correct.clone(),
+        blocks: fit_material.attacks,
+        val_clean,
+        val_adv,
+    })
+}
+
+/// Clean versus attacked validation rows at the detector's threshold.
+pub fn validate(detector: &PathDetector, val_clean: &Representations, val_adv: &Representations) -> Result<DetectionMetrics> {
+    let (scores, labels) = crate::evaluation::labelled_scores(
+        &detector.score_representations(val_clean)?,
+        &detector.score_representations(val_adv)?,
+    );
+    DetectionMetrics::compute(&scores, &labels, detector.threshold).map_err(|e| Error::Config(format!("validating the detector: {e}")))
 }

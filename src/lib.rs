@@ -36,6 +36,7 @@ pub mod corruptions;
 pub mod data;
 pub mod detector;
 pub mod detector_fit;
+pub mod detector_hardening;
 pub mod detector_twin;
 pub mod device;
 pub mod distribution;

@@ -72,6 +72,44 @@ fn fit_detector_writes_a_detector_that_loads_beats_chance_and_can_learn_benign_c
     assert!(PathDetector::load(&out, checkpoint.model_hash()).unwrap_err().to_string().contains("not a valid detector file"));
 }
 
+/// `fit-detector --harden-rounds 1` (small and fast): the detector-aware images that fool the
+/// model become positives of both experts, and the record holds round 0 (before) and round 1
+/// with the attack's SR@5 on the validation images.
+#[test]
+fn hardening_refits_both_experts_on_detector_aware_attacks_and_records_each_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("hardened.json");
+    let run = Command::new(env!("CARGO_BIN_EXE_pathguard"))
+        .args(["fit-detector", "--device", "cpu", "--limit", "100", "--methods", "fgsm,pgd-early-stop", "--eps", "0.1"])
+        .args(["--pgd-steps", "5", "--harden-rounds", "1", "--harden-eps", "0.1", "--harden-steps", "5", "--model"])
+        .arg(crate::default_model_dir())
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(stdout.contains("hardening round 1:") && stdout.contains("SR@5"), "{stdout}");
+    let checkpoint = Checkpoint::load(&crate::default_model_dir(), Device::Cpu).unwrap();
+    let detector = PathDetector::load(&out, checkpoint.model_hash()).unwrap();
+    let record = detector.record.as_ref().unwrap();
+    let adaptive = "adaptive round 1 eps 0.1 (5 steps)";
+    assert_eq!(record.attacks, vec!["fgsm eps 0.1", "pgd eps 0.1 (5 steps, early stop)", adaptive]);
+    let rounds: Vec<(usize, usize)> = record.hardening.iter().map(|r| (r.round, r.added_rows)).collect();
+    assert_eq!(rounds.len(), 2, "{rounds:?}");
+    assert_eq!(rounds[0], (0, 0));
+    // 80 fitting images, 5 steps of 0.01 on a model that is not robust: most are fooled.
+    assert!(rounds[1].0 == 1 && rounds[1].1 > 20, "{rounds:?}");
+    for round in &record.hardening {
+        assert_eq!(round.budgets.len(), 1);
+        let b = &round.budgets[0];
+        assert!(b.eps == 0.1 && (0.0..=1.0).contains(&b.sr_at_5) && b.sr_at_5 <= b.misclassified, "{b:?}");
+    }
+    assert_eq!(detector.experts[0].attacks, vec!["fgsm eps 0.1", adaptive]);
+    assert_eq!(detector.experts[1].attacks, vec!["pgd eps 0.1 (5 steps, early stop)", adaptive]);
+    assert!(record.adversarial_rows > rounds[1].1, "{record:?}");
+}
+
 /// The differentiable twin scores exactly what the shipped detector scores, on clean and on
 /// PGD images, and its gradient reaches the input through the gates.
 #[test]

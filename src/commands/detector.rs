@@ -8,7 +8,9 @@ use clap::Args;
 use pathguard::attack_set::{AttackParams, GateGradient};
 use pathguard::data::Split;
 use pathguard::detector::{PathDetector, DETECTOR_FILE};
-use pathguard::detector_fit::{fit_path_detector, FitOptions};
+use pathguard::detector_fit::{fit_detector_parts, FitOptions};
+use pathguard::detector_hardening::{harden_detector, HardeningOptions};
+use pathguard::evaluation::adaptive::AdaptiveOptions;
 use pathguard::device::parse_device;
 use pathguard::model::Checkpoint;
 
@@ -48,6 +50,18 @@ pub struct FitDetectorArgs {
     /// severity 1-2) as clean, in fitting and in setting the threshold
     #[arg(long)]
     benign_corruptions: bool,
+    /// Rounds of hardening after the fit: attack the detector with the strongest
+    /// detector-aware attack (as adaptive-report's best adaptive) on the fitting images, add
+    /// the images that fool the model as positives, refit; each round's SR@5 on the held-out
+    /// validation images goes into the detector's record
+    #[arg(long, default_value_t = 0)]
+    harden_rounds: usize,
+    /// L-infinity budgets of the hardening attacks
+    #[arg(long, value_delimiter = ',', default_value = "0.1")]
+    harden_eps: Vec<f64>,
+    /// Steps of each hardening attack (step size eps / 10)
+    #[arg(long, default_value_t = 100)]
+    harden_steps: usize,
     /// Output file [default: MODEL/detector.json]
     #[arg(long)]
     out: Option<PathBuf>,
@@ -132,7 +146,30 @@ pub fn run_fit_detector(args: FitDetectorArgs) -> Result<()> {
         benign_corruptions: args.benign_corruptions,
         seed: args.seed,
     };
-    let detector = fit_path_detector(&checkpoint.model, checkpoint.model_hash(), device, &all_train, &train, &options)?;
+    let fit = fit_detector_parts(&checkpoint.model, checkpoint.model_hash(), device, &all_train, &train, &options)?;
+    let detector = if args.harden_rounds == 0 {
+        fit.detector
+    } else {
+        let hardening = HardeningOptions {
+            rounds: args.harden_rounds,
+            eps: args.harden_eps.clone(),
+            // adaptive-report's attacks as `make robust-report` runs them.
+            attack: AdaptiveOptions {
+                linf_eps: args.harden_eps.clone(),
+                l2_eps: 0.0,
+                steps: args.harden_steps,
+                restarts: 1,
+                targets: 1,
+                lambdas: vec![0.1, 1.0, 10.0],
+                path_weight: 1.0,
+                unbounded_eps: 1.0,
+                batch_size: args.batch_size,
+                seed: args.seed,
+            },
+            target_fpr: args.fpr,
+        };
+        harden_detector(&checkpoint.model, checkpoint.model_hash(), device, fit, &hardening)?
+    };
     let out = args.out.unwrap_or_else(|| args.model.join(DETECTOR_FILE));
     detector.save(&out)?;
     if let Some(r) = &detector.record {
@@ -140,6 +177,20 @@ pub fn run_fit_detector(args: FitDetectorArgs) -> Result<()> {
         println!(
             "fitted on {} clean and {} adversarial rows ({}); validation: AUROC {:.4}, TPR at 5% FPR {:.4}, accuracy {:.4} at threshold {:.4} ({} clean / {} adversarial rows)",
             r.clean_rows, r.adversarial_rows, r.attacks.join(", "), v.auroc, v.tpr_at_5_fpr, v.detection_accuracy, v.threshold, v.clean, v.adversarial
+        );
+    }
+    for round in detector.record.iter().flat_map(|r| &r.hardening) {
+        let budgets: Vec<String> = round
+            .budgets
+            .iter()
+            .map(|b| format!("eps {}: SR@5 {:.3}, model alone {:.3}", b.eps, b.sr_at_5, b.model_alone_accuracy))
+            .collect();
+        println!(
+            "hardening round {}: {} rows added, threshold {:.4}; validation images under the strongest detector-aware attack: {}",
+            round.round,
+            round.added_rows,
+            round.threshold,
+            budgets.join("; ")
         );
     }
     println!("wrote {}", out.display());

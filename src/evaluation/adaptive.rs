@@ -142,26 +142,17 @@ struct Evaluator<'a> {
 
 pub fn evaluate_adaptive(inputs: &AdaptiveInputs, options: &AdaptiveOptions, command: String) -> Result<AdaptiveReport> {
     let started = Instant::now();
-    if inputs.test.is_empty() {
-        return Err(Error::Config("no test images to attack".into()));
-    }
-    let guarded = GuardedModel::new(inputs.model, inputs.detector, inputs.device)
-        .with_reference_paths(&inputs.references.images.to_device(inputs.device), &inputs.references.labels.to_device(inputs.device))?;
-    let mut evaluator =
-        Evaluator { inputs, guarded, twin: DetectorTwin::new(inputs.detector, inputs.device), options, clean_scores: Vec::new(), clean_wrong: Vec::new() };
-    let clean = evaluator.verdicts(&inputs.test.images)?;
-    evaluator.clean_scores = clean.scores.clone();
-    evaluator.clean_wrong = clean.wrong.clone();
+    let evaluator = Evaluator::new(inputs, options)?;
     let n = inputs.test.len() as f64;
     let threshold = inputs.detector.threshold();
-    let clean_accuracy = clean.wrong.iter().filter(|&&w| !w).count() as f64 / n;
-    let clean_flag_rate = clean.scores.iter().filter(|&&s| s >= threshold).count() as f64 / n;
+    let clean_accuracy = evaluator.clean_wrong.iter().filter(|&&w| !w).count() as f64 / n;
+    let clean_flag_rate = evaluator.clean_scores.iter().filter(|&&s| s >= threshold).count() as f64 / n;
     eprintln!("clean: accuracy {clean_accuracy:.4}, flagged {clean_flag_rate:.4} at threshold {threshold:.4}");
     let mut budgets = Vec::new();
     let plan: Vec<(Ball, f64)> =
         options.linf_eps.iter().map(|&e| (Ball::Linf, e)).chain((options.l2_eps > 0.0).then_some((Ball::L2, options.l2_eps))).collect();
     for (ball, eps) in plan {
-        budgets.push(evaluator.budget(ball, eps)?);
+        budgets.push(evaluator.budget(ball, eps)?.0);
     }
     let unbounded = evaluator.run_attack(AdaptiveKind::Selective, Ball::Linf, options.unbounded_eps)?.0;
     let sanity = sanity_checks(&budgets, &unbounded, options);
@@ -180,6 +171,16 @@ pub fn evaluate_adaptive(inputs: &AdaptiveInputs, options: &AdaptiveOptions, com
     })
 }
 
+/// The strongest detector-aware attack on every image of `inputs.test` at one budget: every
+/// attack of the report, the best of all per image and targeted restarts. Returns the best
+/// image per image (on the CPU) and the budget's judged results (`options.linf_eps` and
+/// `l2_eps` are not read). Detector hardening trains on these images and measures its rounds
+/// with the results.
+pub fn strongest_attack(inputs: &AdaptiveInputs, options: &AdaptiveOptions, ball: Ball, eps: f64) -> Result<(Tensor, BudgetResult)> {
+    let (result, images) = Evaluator::new(inputs, options)?.budget(ball, eps)?;
+    Ok((images, result))
+}
+
 fn norm_name(ball: Ball) -> &'static str {
     match ball {
         Ball::Linf => "linf",
@@ -187,9 +188,24 @@ fn norm_name(ball: Ball) -> &'static str {
     }
 }
 
-impl Evaluator<'_> {
-    /// Every attack at one budget, then the best of all per image.
-    fn budget(&self, ball: Ball, eps: f64) -> Result<BudgetResult> {
+impl<'a> Evaluator<'a> {
+    /// The guarded model and the twin of `inputs.detector`, with the clean verdicts.
+    fn new(inputs: &'a AdaptiveInputs<'a>, options: &'a AdaptiveOptions) -> Result<Self> {
+        if inputs.test.is_empty() {
+            return Err(Error::Config("no images to attack".into()));
+        }
+        let guarded = GuardedModel::new(inputs.model, inputs.detector, inputs.device)
+            .with_reference_paths(&inputs.references.images.to_device(inputs.device), &inputs.references.labels.to_device(inputs.device))?;
+        let mut evaluator =
+            Evaluator { inputs, guarded, twin: DetectorTwin::new(inputs.detector, inputs.device), options, clean_scores: Vec::new(), clean_wrong: Vec::new() };
+        let clean = evaluator.verdicts(&inputs.test.images)?;
+        evaluator.clean_scores = clean.scores;
+        evaluator.clean_wrong = clean.wrong;
+        Ok(evaluator)
+    }
+
+    /// Every attack at one budget, then the best of all per image (returned with the results).
+    fn budget(&self, ball: Ball, eps: f64) -> Result<(BudgetResult, Tensor)> {
         let threshold = self.inputs.detector.threshold();
         let mut kinds = vec![AdaptiveKind::Selective, AdaptiveKind::Orthogonal];
         kinds.extend(self.options.lambdas.iter().map(|&lambda| AdaptiveKind::Lagrangian { lambda }));
@@ -244,7 +260,7 @@ impl Evaluator<'_> {
         results.push(best_result);
         let model_alone_accuracy = wrong_any.iter().filter(|&&w| !w).count() as f64 / wrong_any.len() as f64;
         eprintln!("{} eps {eps}: model alone, correct under every attack {model_alone_accuracy:.3}", norm_name(ball));
-        Ok(BudgetResult { norm: norm_name(ball).into(), eps, results, model_alone_accuracy })
+        Ok((BudgetResult { norm: norm_name(ball).into(), eps, results, model_alone_accuracy }, best_images))
     }
 
     fn attack(&self, kind: AdaptiveKind, ball: Ball, eps: f64) -> Result<AdaptivePgd> {
