@@ -91,10 +91,12 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
     }
     let device = parse_device(&args.device)?;
     let all_test = fashion_mnist::load(&fashion_mnist::default_dir(), Split::Test)?;
-    if args.skip + args.images > all_test.len() {
-        bail!("--skip {} + --images {} exceed the {} test images", args.skip, args.images, all_test.len());
+    // `train` runs on the training images (--images of them) and needs one test image only.
+    let test_images = if matches!(args.what, What::Train) { 1 } else { args.images };
+    if args.skip + test_images > all_test.len() {
+        bail!("--skip {} + --images {} exceed the {} test images", args.skip, test_images, all_test.len());
     }
-    let test = all_test.slice(args.skip, args.images);
+    let test = all_test.slice(args.skip, test_images);
     let n = test.len() as i64;
     let batches = |f: &mut dyn FnMut(&Tensor) -> Result<()>| -> Result<f64> {
         let started = Instant::now();
