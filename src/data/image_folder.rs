@@ -5,7 +5,8 @@
 //!
 //! Images are decoded to grey or RGB (alpha dropped, 16-bit scaled to 8) and brought to one
 //! shape by [`InputSpec`]: the channels and side asked for (a model's) when given, else those
-//! of the first image in sorted order.
+//! of the first image in sorted order. The split comes in a seeded order that mixes the
+//! classes.
 
 use std::path::{Path, PathBuf};
 
@@ -74,8 +75,15 @@ pub fn load(dir: &Path, split: Split, shape: (Option<i64>, Option<i64>), resize:
         });
         images.push(rule.apply(&image).map_err(|reason| Error::Image { path: file.clone(), reason })?);
     }
-    let labels: Vec<i64> = files.iter().map(|(_, l)| *l).collect();
-    Ok(Dataset { images: Tensor::cat(&images, 0), labels: Tensor::from_slice(&labels), class_names })
+    // Files are listed class by class; a seeded order mixes the classes, so that the first-N
+    // slices commands take (--limit) hold every class, as they do in IDX and CIFAR files.
+    let mut order: Vec<(u64, usize)> =
+        files.iter().enumerate().map(|(i, (file, label))| (fnv1a(seed, &format!("order/{label}/{}", file_name(file))), i)).collect();
+    order.sort();
+    let order: Vec<i64> = order.into_iter().map(|(_, i)| i as i64).collect();
+    let labels: Vec<i64> = order.iter().map(|&i| files[i as usize].1).collect();
+    let images = Tensor::cat(&images, 0).index_select(0, &Tensor::from_slice(&order));
+    Ok(Dataset { images, labels: Tensor::from_slice(&labels), class_names })
 }
 
 /// The sub-folders of `root`, sorted by name (hidden ones skipped).
@@ -103,16 +111,24 @@ fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// The seeded hold-out: FNV-1a of the seed and the file name (stable across runs, platforms
-/// and Rust versions, unlike std's hasher).
+/// The seeded hold-out: a hash of the seed and the file name.
 fn in_test_split(file: &Path, seed: u64) -> bool {
-    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    fnv1a(seed, &file_name(file)) % 100 < TEST_PERCENT
+}
+
+fn file_name(file: &Path) -> String {
+    file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// FNV-1a of the seed and a text: stable across runs, platforms and Rust versions, unlike
+/// std's hasher.
+fn fnv1a(seed: u64, text: &str) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in seed.to_le_bytes().iter().chain(name.as_bytes()) {
+    for byte in seed.to_le_bytes().iter().chain(text.as_bytes()) {
         hash ^= *byte as u64;
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    hash % 100 < TEST_PERCENT
+    hash
 }
 
 /// One file as `[1, C, H, W]` float in [0, 1]: C = 1 for grey images, else 3.
