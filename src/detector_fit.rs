@@ -122,7 +122,13 @@ pub fn fit_experts<'a>(
             let parts: Vec<&Representations> = blocks.iter().map(|b| &b.fooled).collect();
             let adversarial = Representations::concat(&parts)
                 .filter(|a| !a.is_empty())
-                .ok_or_else(|| Error::Config(format!("no adversarial rows to fit the {name} expert on")))?;
+                .ok_or_else(|| {
+                    let attacks: Vec<&str> = blocks.iter().map(|b| b.name.as_str()).collect();
+                    Error::Config(format!(
+                        "no attack fooled the model on the fitting images ({}), so the {name} expert has no adversarial rows to learn from; attack more images (--limit) or at a larger --eps",
+                        attacks.join(", ")
+                    ))
+                })?;
             let (rows, labels) = labelled_rows(&clean.detector_rows(&features), &adversarial.detector_rows(&features));
             let classifier = LogisticDetectorParams::new(name)
                 .check()
@@ -228,6 +234,12 @@ pub fn fit_detector_parts(
 
 /// Clean versus attacked validation rows at the detector's threshold.
 pub fn validate(detector: &PathDetector, val_clean: &Representations, val_adv: &Representations) -> Result<DetectionMetrics> {
+    if val_adv.is_empty() || val_clean.is_empty() {
+        let missing = if val_adv.is_empty() { "no attack fooled the model on them" } else { "the model classified none of them correctly" };
+        return Err(Error::Config(format!(
+            "cannot validate the detector on the held-out images: {missing}; fit on more images (--limit) or a larger --validation-fraction"
+        )));
+    }
     let (scores, labels) = crate::evaluation::labelled_scores(
         &detector.score_representations(val_clean)?,
         &detector.score_representations(val_adv)?,

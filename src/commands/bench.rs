@@ -1,4 +1,5 @@
-//! `pathguard bench`: our side of bench/compare.sh, on the first test images. Prints JSON.
+//! `pathguard bench`: our side of bench/compare.sh, on the first test images (of Fashion-MNIST
+//! or `--data`). Prints JSON.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -13,12 +14,14 @@ use pathguard::data::Dataset;
 use pathguard::detector::PathDetector;
 use pathguard::detector_fit::{fit_experts, fit_templates};
 use pathguard::evaluation::{labelled_scores, standard_attacks};
-use pathguard::data::{fashion_mnist, Split};
+use pathguard::data::Split;
 use pathguard::device::parse_device;
 use pathguard::model::{Checkpoint, Execution, Inference, Strategy};
 use pathguard::screener::Screener;
 use pathguard::train::{train, TrainOptions};
 use tch::{Device, Kind, Tensor};
+
+use super::data_args::{load_split, DataArgs};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum What {
@@ -64,8 +67,9 @@ pub struct BenchArgs {
     /// Gate gradients of the attacks: hard (the twin's, for a like-for-like comparison) or surrogate
     #[arg(long, default_value = "hard")]
     gates: GateGradient,
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    /// The data set (test images; training images for `train` and `detect`) and the device
+    #[command(flatten)]
+    data: DataArgs,
     /// How `forward` and `screen` run the model
     #[arg(long, value_enum, default_value_t = Execution::Auto)]
     execution: Execution,
@@ -89,8 +93,9 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
     if args.batch == 0 || args.images == 0 || args.repeats == 0 {
         bail!("--batch, --images and --repeats must be at least 1");
     }
-    let device = parse_device(&args.device)?;
-    let all_test = fashion_mnist::load(&fashion_mnist::default_dir(), Split::Test)?;
+    let device = parse_device(&args.data.device)?;
+    let meta = Checkpoint::load(&args.model, Device::Cpu)?.meta;
+    let all_test = load_split(&args.data, Some(&meta), Split::Test, None)?;
     // `train` runs on the training images (--images of them) and needs one test image only.
     let test_images = if matches!(args.what, What::Train) { 1 } else { args.images };
     if args.skip + test_images > all_test.len() {
@@ -123,7 +128,7 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
             serde_json::json!({ "images_per_second": median(rates) })
         }
         What::Train => {
-            let train_set = fashion_mnist::load(&fashion_mnist::default_dir(), Split::Train)?.take(args.images);
+            let train_set = load_split(&args.data, Some(&meta), Split::Train, Some(args.images))?;
             let options = TrainOptions { epochs: 1, batch_size: args.batch, ..TrainOptions::default() };
             let rates = (0..args.repeats)
                 .map(|_| {
@@ -168,7 +173,7 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
 fn detect(args: &BenchArgs, device: Device, test: &Dataset, out: &Path) -> Result<serde_json::Value> {
     let checkpoint = Checkpoint::load(&args.model, device)?;
     let model = &checkpoint.model;
-    let train_set = fashion_mnist::load(&fashion_mnist::default_dir(), Split::Train)?.take(args.train_images);
+    let train_set = load_split(&args.data, Some(&checkpoint.meta), Split::Train, Some(args.train_images))?;
     let options = MaterialOptions { gates: args.gates, batch_size: args.batch, show_progress: true, keep_images: true };
     // `evaluate`'s protocol at one eps: FGSM, PGD-40, early-stopped PGD-40 seen; of its unseen
     // attacks the two optimisation ones (C&W, DeepFool), on the first 200 test images.

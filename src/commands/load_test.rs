@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use pathguard::data::{DataFormat, DataSource, Split};
+use pathguard::service::client::Backend;
 use pathguard::service::hostile::{giant_header_png, png_bomb, short_palette_png};
+use pathguard::service::limits::Limits;
 use pathguard::service::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use pathguard::service::inference::model_infer_request::InferInputTensor;
 use pathguard::service::inference::ModelInferRequest;
@@ -39,9 +42,13 @@ pub struct LoadTestArgs {
     /// Images per honest request (test images, the first N)
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
-    /// Directory with the Fashion-MNIST IDX files
+    /// Data set whose test images the clients send, brought to the server's input (GetInfo)
+    /// [default: $PATHGUARD_DATA or /usr/share/datasets/fashion-mnist]
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Its format (auto recognises IDX, CIFAR-10/100 binary, NPY arrays and image folders)
+    #[arg(long, value_enum, default_value_t = DataFormat::Auto)]
+    data_format: DataFormat,
     /// Run for this many seconds instead of a number of requests
     #[arg(long)]
     duration_s: Option<f64>,
@@ -139,8 +146,13 @@ pub fn run_load_test(args: LoadTestArgs) -> Result<()> {
     if !(args.warmup_s >= 0.0 && args.warmup_s.is_finite()) {
         bail!("--warmup-s must be a non-negative number of seconds");
     }
-    let dir = args.data.clone().unwrap_or_else(pathguard::data::fashion_mnist::default_dir);
-    let test = pathguard::data::fashion_mnist::load(&dir, pathguard::data::Split::Test)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    // The server's model says what the images must look like; the data are brought to it.
+    let spec = runtime.block_on(async { Backend::connect(&args.server, Limits::default().max_message_bytes).await?.input_spec().await })?;
+    let mut source = DataSource::new(args.data.clone().unwrap_or_else(pathguard::data::fashion_mnist::default_dir));
+    source.format = args.data_format;
+    (source.channels, source.size, source.resize) = (Some(spec.channels), Some(spec.size), spec.resize);
+    let test = source.load(Split::Test)?;
     let request = ScreenRequest {
         images: Some(float32_images(&test.take(args.batch_size).images)),
         ..Default::default()
@@ -152,7 +164,6 @@ pub fn run_load_test(args: LoadTestArgs) -> Result<()> {
         steps: Some(40),
         ..Default::default()
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     let summary = runtime.block_on(load(&args, request, attack))?;
     println!(
         "{} honest clients ({} images per request), {} hostile clients, {} attack clients, {:.0} s: {} ok -> {:.0} images/s",
