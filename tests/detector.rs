@@ -80,7 +80,7 @@ fn hardening_refits_both_experts_on_detector_aware_attacks_and_records_each_roun
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("hardened.json");
     let run = Command::new(env!("CARGO_BIN_EXE_pathguard"))
-        .args(["fit-detector", "--device", "cpu", "--limit", "100", "--methods", "fgsm,pgd-early-stop", "--eps", "0.1"])
+        .args(["fit-detector", "--device", "cpu", "--limit", "60", "--methods", "fgsm,pgd-early-stop", "--eps", "0.1"])
         .args(["--pgd-steps", "5", "--harden-rounds", "1", "--harden-eps", "0.1", "--harden-steps", "5", "--model"])
         .arg(crate::default_model_dir())
         .arg("--out")
@@ -98,8 +98,8 @@ fn hardening_refits_both_experts_on_detector_aware_attacks_and_records_each_roun
     let rounds: Vec<(usize, usize)> = record.hardening.iter().map(|r| (r.round, r.added_rows)).collect();
     assert_eq!(rounds.len(), 2, "{rounds:?}");
     assert_eq!(rounds[0], (0, 0));
-    // 80 fitting images, 5 steps of 0.01 on a model that is not robust: most are fooled.
-    assert!(rounds[1].0 == 1 && rounds[1].1 > 20, "{rounds:?}");
+    // 48 fitting images, 5 steps of 0.01 on a model that is not robust: most are fooled.
+    assert!(rounds[1].0 == 1 && rounds[1].1 > 15, "{rounds:?}");
     for round in &record.hardening {
         assert_eq!(round.budgets.len(), 1);
         let b = &round.budgets[0];

@@ -44,9 +44,15 @@ fn shipped_model_records_how_it_was_made() {
 /// models/robust: the adversarially trained model, with a detector fitted to it, loads as a
 /// screener and says how it was trained.
 #[test]
-fn the_robust_model_ships_with_its_detector_and_its_training_record() {
-    let dir = crate::repo_root().join("models/robust");
-    let screener = pathguard::screener::Screener::load(&dir, Device::Cpu).unwrap();
+fn the_robust_models_ship_with_their_detectors_and_training_records() {
+    // models/robust-seed1: the same recipe with --seed 1 (README's seed-to-seed comparison).
+    for name in ["models/robust", "models/robust-seed1"] {
+        check_robust_model(&crate::repo_root().join(name));
+    }
+}
+
+fn check_robust_model(dir: &std::path::Path) {
+    let screener = pathguard::screener::Screener::load(dir, Device::Cpu).unwrap();
     let training = screener.checkpoint.meta.training.as_ref().expect("training record");
     assert_eq!(training.initialized_from.as_deref(), Some(Checkpoint::load(&crate::default_model_dir(), Device::Cpu).unwrap().model_hash()));
     let summary = training.summary();
