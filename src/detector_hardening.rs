@@ -51,6 +51,7 @@ pub fn harden_detector(
         let started = Instant::now();
         let mut added = 0;
         for &eps in &options.eps {
+            let attack_started = Instant::now();
             let inputs = AdaptiveInputs { model, detector: &detector, model_hash, device, test: &fit_part, references: &fit_part };
             let (images, _) = strongest_attack(&inputs, &options.attack, Ball::Linf, eps)?;
             let reps = Representations::compute(model, device, &images, &detector.templates, options.attack.batch_size)?;
@@ -62,7 +63,7 @@ pub fn harden_detector(
                 attempted: attempted.len(),
                 fooled: reps.select(&fooled),
                 images: None,
-                seconds: started.elapsed().as_secs_f64(),
+                seconds: attack_started.elapsed().as_secs_f64(),
             });
         }
         let refs: Vec<&AttackBlock> = blocks.iter().collect();
@@ -77,6 +78,7 @@ pub fn harden_detector(
         record.attacks.extend(blocks.iter().filter(|b| b.name.starts_with(ADAPTIVE_BLOCK)).map(|b| b.name.clone()));
         record.adversarial_rows = blocks.iter().map(|b| b.fooled.len()).sum();
         record.validation = validation;
+        record.seconds += rounds.iter().map(|r| r.seconds).sum::<f64>();
         record.hardening = rounds;
     }
     Ok(detector)
