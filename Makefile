@@ -59,7 +59,7 @@ help:
 	@echo "make robust-model   adversarially train models/robust and fit its detector (about 90 min; resumable)"
 	@echo "make robust-report  the adaptive attacks against models/robust, alone and with its detector (about 25 min)"
 	@echo "make emoji-data     build data/emoji, a colour image folder from two npm emoji packages (about 2 min)"
-	@echo "make emoji-model    train, fit and evaluate a model on data/emoji (not yet run; resumable)"
+	@echo "make emoji-model    train, fit and evaluate a model on data/emoji (about 50 min on 2 cores; resumable)"
 	@echo "make corruption-report  benign corruptions against the shipped and the corruption-aware detector (about 15 min)"
 	@echo "make benign-detector  fit models/default/detector-benign.json with mildly corrupted images as clean (about 30 min)"
 	@echo "make bench          throughput of the shipped model and of attacks"
