@@ -2,7 +2,8 @@
 //! training inputs are dropped, giving a smaller dense network whose gates still work. For
 //! an input whose path uses only kept filters the compact network computes exactly the same
 //! logits (a closed filter contributes zeros); for the rare others, it drops those filters'
-//! contributions.
+//! contributions. In a residual block only the inner conv's filters can go: the block's
+//! last conv adds into the shortcut's channels, which every later block reads.
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -53,11 +54,17 @@ pub fn compact(checkpoint: &Checkpoint, usage: &[Vec<f64>], min_usage: f64, usag
     let kept: Vec<Vec<i64>> = config
         .layers
         .iter()
-        .map(|layer| {
+        .enumerate()
+        .map(|(i, layer)| {
             if !layer.gated {
                 return (0..layer.out_channels).collect();
             }
             let u = usage_iter.next().expect("one usage vector per gated layer");
+            // A residual sum, and a shortcut's source, keep every channel: a dropped filter
+            // there would leave a channel the skip still carries.
+            if config.output_always_full(i) || config.feeds_a_shortcut(i) {
+                return (0..layer.out_channels).collect();
+            }
             let mut keep: Vec<i64> = (0..u.len()).filter(|&f| u[f] >= min_usage).map(|f| f as i64).collect();
             if keep.is_empty() {
                 let best = (0..u.len()).max_by(|&a, &b| u[a].total_cmp(&u[b])).unwrap_or(0);

@@ -490,7 +490,8 @@ pub fn evaluate(
 }
 
 /// Conv MACs each input's path needs `[N]`: per layer, MACs x open fraction of its input
-/// channels x open fraction of its filters (ungated layers count as fully open).
+/// channels x open fraction of its filters (ungated layers, and residual sums for the layer
+/// that reads them, count as fully open).
 pub fn path_macs(config: &crate::model::ModelConfig, macs: &[f64], gates: &[Tensor]) -> Tensor {
     let n = gates.first().map(|g| g.size()[0]).unwrap_or(1);
     let device = gates.first().map(|g| g.device()).unwrap_or(Device::Cpu);
@@ -498,7 +499,7 @@ pub fn path_macs(config: &crate::model::ModelConfig, macs: &[f64], gates: &[Tens
     let mut gate_iter = gates.iter();
     let mut in_fraction = ones.shallow_clone();
     let mut total = Tensor::zeros([n], (Kind::Double, device));
-    for (layer, &layer_macs) in config.layers.iter().zip(macs) {
+    for (i, (layer, &layer_macs)) in config.layers.iter().zip(macs).enumerate() {
         let out_fraction = match layer.gated {
             true => gate_iter
                 .next()
@@ -507,7 +508,8 @@ pub fn path_macs(config: &crate::model::ModelConfig, macs: &[f64], gates: &[Tens
             false => ones.shallow_clone(),
         };
         total += &in_fraction * &out_fraction * layer_macs;
-        in_fraction = out_fraction;
+        // After a residual sum every channel carries the shortcut: the next conv reads all.
+        in_fraction = if config.output_always_full(i) { ones.shallow_clone() } else { out_fraction };
     }
     total
 }

@@ -80,13 +80,24 @@ class Block(nn.Module):
     def __init__(self, c_in, layer, reduction, classes):
         super().__init__()
         c_out = layer["out_channels"]
-        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        self.conv = nn.Conv2d(c_in, c_out, 3, stride=layer.get("stride", 1), padding=1, bias=False)
         self.bn = nn.BatchNorm2d(c_out)
         self.pool_after = layer["pool_after"]
+        # Closes the residual block that starts at this conv layer (None: a plain layer).
+        self.residual_from = layer.get("residual_from")
         self.acm = None
         if layer["gated"]:
             hidden = layer.get("acm_hidden") or max(c_in // reduction, 1)
             self.acm = ControlModule(c_in, c_out, hidden, classes)
+
+
+def shortcut(block_input, out):
+    """ResNet's parameter-free shortcut (option A): the block input subsampled to the side of
+    `out` and zero-padded, half on each side, to its channel count."""
+    step = -(-block_input.shape[2] // out.shape[2])
+    x = block_input[:, :, ::step, ::step]
+    missing = out.shape[1] - x.shape[1]
+    return F.pad(x, (0, 0, 0, 0, missing // 2, missing - missing // 2))
 
 
 class DecoupledCNN(nn.Module):
@@ -101,14 +112,19 @@ class DecoupledCNN(nn.Module):
 
     def forward(self, x, hard=True):
         """Logits and the path (gates of each gated layer). Eval-mode gates are 1[logit > 0]."""
-        gates, h = [], x
+        gates, h, inputs = [], x, []
         for block in self.blocks:
-            out = F.relu(block.bn(block.conv(h)))
+            inputs.append(h)
+            out = block.bn(block.conv(h))
+            if block.residual_from is None:
+                out = F.relu(out)
             if block.acm is not None:
                 logits = block.acm(h)
                 z = (logits > 0).to(out.dtype) if hard else torch.sigmoid(logits)
                 gates.append(z)
                 out = out * z[:, :, None, None]
+            if block.residual_from is not None:
+                out = F.relu(out + shortcut(inputs[block.residual_from], out))
             h = F.max_pool2d(out, 2) if block.pool_after else out
         return self.classifier(h.mean(dim=(2, 3))), gates
 
@@ -116,15 +132,20 @@ class DecoupledCNN(nn.Module):
         """The pass the losses need: logits, gates, pooled pre-gate outputs and MI-head logits
         per gated layer. Training uses semantic-hashing gates (and, in train(), batch-statistics
         BatchNorm); `gate=hard_gates` on an eval() model is deterministic, for tests."""
-        gates, pooled, mi_logits, h = [], [], [], x
+        gates, pooled, mi_logits, h, inputs = [], [], [], x, []
         for block in self.blocks:
-            out = F.relu(block.bn(block.conv(h)))
+            inputs.append(h)
+            out = block.bn(block.conv(h))
+            if block.residual_from is None:
+                out = F.relu(out)
             if block.acm is not None:
                 z = gate(block.acm(h))
                 gates.append(z)
                 pooled.append(out.mean(dim=(2, 3)))
                 mi_logits.append(block.acm.mi_head(z))
                 out = out * z[:, :, None, None]
+            if block.residual_from is not None:
+                out = F.relu(out + shortcut(inputs[block.residual_from], out))
             h = F.max_pool2d(out, 2) if block.pool_after else out
         return self.classifier(h.mean(dim=(2, 3))), gates, pooled, mi_logits
 

@@ -103,7 +103,10 @@ pub fn run_info(args: InfoArgs) -> Result<()> {
     println!("  weights sha256  {}", meta.weights_sha256);
     println!("  classes         {}", meta.class_names.join(", "));
     println!("  input           {:?} {} in {:?}, {}", meta.pixel_convention.shape, meta.pixel_convention.dtype, meta.pixel_convention.range, meta.pixel_convention.layout);
-    println!("  gated layers    {:?} filters", meta.architecture.gate_sizes());
+    let architecture = &meta.architecture;
+    let blocks = architecture.layers.iter().filter(|l| l.residual_from.is_some()).count();
+    println!("  conv layers     {} ({blocks} residual blocks)", architecture.layers.len());
+    println!("  gated layers    {:?} filters", architecture.gate_sizes());
     if let Some(training) = &meta.training {
         println!("  last training   {}", training.summary());
     }

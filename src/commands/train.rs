@@ -66,7 +66,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     seed: i64,
     /// Architecture preset; its input (channels, side) and classes follow the data set
-    #[arg(long, value_enum, default_value_t = Preset::FashionMnist)]
+    #[arg(long, visible_alias = "arch", value_enum, default_value_t = Preset::FashionMnist)]
     preset: Preset,
     /// Override the preset's filter counts, one per conv layer (e.g. 32,32,64,64,128,128)
     #[arg(long, value_delimiter = ',')]
@@ -89,6 +89,13 @@ enum Preset {
     FashionMnist,
     /// The same layout, 8-16 filters wide (quick tests)
     Tiny,
+    /// ResNet-8: a 16-filter stem and three stages (16-32-64) of one basic block whose two
+    /// inner convs are gated, parameter-free shortcuts (7 convs, 224 gates)
+    Resnet8,
+    /// ResNet-20 for 32x32 images (the paper's CIFAR family): three blocks per stage (19 convs, 672 gates)
+    Resnet20,
+    /// A wider ResNet for 64-224 pixel images: stride-2 stem and pool, stages 32-64-128-256 of two blocks
+    WideResnet,
 }
 
 /// Adversarial training (off unless --adversarial is given).
@@ -141,6 +148,9 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     let mut config = match args.preset {
         Preset::FashionMnist => ModelConfig::fashion_mnist(),
         Preset::Tiny => ModelConfig::tiny(),
+        Preset::Resnet8 => ModelConfig::resnet8(),
+        Preset::Resnet20 => ModelConfig::resnet20(),
+        Preset::WideResnet => ModelConfig::wide_resnet(),
     };
     if let Some(widths) = &args.widths {
         config = config.with_widths(widths)?;

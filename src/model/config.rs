@@ -4,7 +4,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// One 3x3 conv layer (conv -> BatchNorm -> ReLU, then the gate, then optional 2x2 max-pool).
+/// One 3x3 conv layer: conv -> BatchNorm -> ReLU, then the gate, then an optional 2x2
+/// max-pool. A layer that closes a residual block instead runs conv -> BatchNorm -> gate,
+/// adds its block's input (the shortcut), then ReLU: the gate acts on the inner convolution,
+/// never on the sum after the skip.
+///
+/// The config stores the network as this flat list of conv layers because every gate, every
+/// FLOP and every variable (`blocks.{i}.*`) belongs to exactly one conv; a residual block is
+/// two consecutive layers, the second naming the first in `residual_from` (see [`Block`] for
+/// the block view the presets are written in).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConvLayer {
     pub out_channels: i64,
@@ -16,13 +24,46 @@ pub struct ConvLayer {
     /// (a compacted model keeps its parent's, so that its gates compute the same values).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acm_hidden: Option<i64>,
+    /// Stride of the conv (2 halves the side, as a ResNet stage's first conv does).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub stride: i64,
+    /// This layer closes a residual block that starts at conv layer `residual_from`: the
+    /// input of that layer is added (subsampled by the block's stride and zero-padded to
+    /// the wider channel count, ResNet's parameter-free "option A") before the ReLU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub residual_from: Option<usize>,
+}
+
+fn one() -> i64 {
+    1
+}
+
+fn is_one(v: &i64) -> bool {
+    *v == 1
 }
 
 impl ConvLayer {
+    /// A plain conv layer (stride 1, no shortcut).
+    pub fn plain(out_channels: i64, gated: bool, pool_after: bool) -> Self {
+        ConvLayer { out_channels, gated, pool_after, acm_hidden: None, stride: 1, residual_from: None }
+    }
+
     /// Hidden units of this layer's controlling module, for `c_in` input channels.
     pub fn acm_hidden(&self, c_in: i64, reduction: i64) -> i64 {
         self.acm_hidden.unwrap_or((c_in / reduction).max(1))
     }
+}
+
+/// A building block of a preset: what an architecture is written in. [`ModelConfig::from_blocks`]
+/// flattens blocks into conv layers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "block", rename_all = "snake_case")]
+pub enum Block {
+    /// One conv layer.
+    Conv { out_channels: i64, gated: bool, stride: i64, pool_after: bool },
+    /// A basic residual block: two gated 3x3 convs (the first with `stride`), the block input
+    /// added after the second conv's gate.
+    Residual { out_channels: i64, stride: i64 },
 }
 
 /// The network's shape. Serialised into every checkpoint's `config.json`.
@@ -42,7 +83,7 @@ impl ModelConfig {
     /// (1.5x the widths of the 32-...-128 prototype: with about half the gates closed, the
     /// narrower net lacked the capacity for 93%.)
     pub fn fashion_mnist() -> Self {
-        let layer = |out_channels, gated, pool_after| ConvLayer { out_channels, gated, pool_after, acm_hidden: None };
+        let layer = ConvLayer::plain;
         ModelConfig {
             in_channels: 1,
             image_size: 28,
@@ -62,6 +103,66 @@ impl ModelConfig {
     /// A small network of the same shape for fast tests.
     pub fn tiny() -> Self {
         Self::fashion_mnist().with_widths(&[8, 8, 8, 8, 16, 16]).expect("valid widths")
+    }
+
+    /// A network written as blocks, for `in_channels` x `image_size` images.
+    pub fn from_blocks(in_channels: i64, image_size: i64, num_classes: i64, blocks: &[Block]) -> Result<Self> {
+        let mut layers = Vec::new();
+        for block in blocks {
+            match *block {
+                Block::Conv { out_channels, gated, stride, pool_after } => {
+                    layers.push(ConvLayer { stride, ..ConvLayer::plain(out_channels, gated, pool_after) })
+                }
+                Block::Residual { out_channels, stride } => {
+                    let from = layers.len();
+                    layers.push(ConvLayer { stride, ..ConvLayer::plain(out_channels, true, false) });
+                    layers.push(ConvLayer { residual_from: Some(from), ..ConvLayer::plain(out_channels, true, false) });
+                }
+            }
+        }
+        let config = ModelConfig { in_channels, image_size, num_classes, layers, acm_reduction: 4 };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// A CIFAR-style ResNet (He et al. 2016, section 4.2) with every inner conv gated, as the
+    /// reference decouples ResNet-56: an ungated 3x3 stem of `widths[0]` filters, then one
+    /// stage per width of `blocks_per_stage` basic blocks, each stage after the first
+    /// starting with stride 2; global average pool and a linear classifier.
+    pub fn resnet(widths: &[i64], blocks_per_stage: usize) -> Result<Self> {
+        let stem = *widths.first().ok_or_else(|| Error::Config("a ResNet needs at least one stage".into()))?;
+        let mut blocks = vec![Block::Conv { out_channels: stem, gated: false, stride: 1, pool_after: false }];
+        for (stage, &width) in widths.iter().enumerate() {
+            for b in 0..blocks_per_stage {
+                let stride = if stage > 0 && b == 0 { 2 } else { 1 };
+                blocks.push(Block::Residual { out_channels: width, stride });
+            }
+        }
+        Self::from_blocks(3, 32, 10, &blocks)
+    }
+
+    /// ResNet-20 for 32x32 RGB (the paper's CIFAR-10 network family): 16-32-64, three basic
+    /// blocks per stage, 19 convs of which 18 are gated (672 gates).
+    pub fn resnet20() -> Self {
+        Self::resnet(&[16, 32, 64], 3).expect("valid preset")
+    }
+
+    /// ResNet-8: the same family with one block per stage (fast to train, for small data).
+    pub fn resnet8() -> Self {
+        Self::resnet(&[16, 32, 64], 1).expect("valid preset")
+    }
+
+    /// A wider ResNet for larger images (64 to 224 pixels): a stride-2 stem of 32 filters
+    /// followed by a max-pool, then four stages 32-64-128-256 of two basic blocks (ResNet-18's
+    /// layout with CIFAR-style parameter-free shortcuts).
+    pub fn wide_resnet() -> Self {
+        let mut blocks = vec![Block::Conv { out_channels: 32, gated: false, stride: 2, pool_after: true }];
+        for (stage, width) in [32, 64, 128, 256].into_iter().enumerate() {
+            for b in 0..2 {
+                blocks.push(Block::Residual { out_channels: width, stride: if stage > 0 && b == 0 { 2 } else { 1 } });
+            }
+        }
+        Self::from_blocks(3, 224, 10, &blocks).expect("valid preset")
     }
 
     /// The same layout with other filter counts, one per conv layer.
@@ -100,9 +201,34 @@ impl ModelConfig {
         }
         let mut size = self.image_size;
         let mut c_in = self.in_channels;
+        // Input channels of each layer, for the shortcuts.
+        let mut inputs = Vec::with_capacity(self.layers.len());
         for (i, layer) in self.layers.iter().enumerate() {
+            inputs.push(c_in);
             if layer.out_channels < 1 {
                 return fail(format!("layer {i}: out_channels must be >= 1"));
+            }
+            if !(1..=2).contains(&layer.stride) {
+                return fail(format!("layer {i}: stride must be 1 or 2, got {}", layer.stride));
+            }
+            if let Some(from) = layer.residual_from {
+                if from >= i {
+                    return fail(format!("layer {i}: residual_from {from} must name an earlier layer"));
+                }
+                if self.layers[from..i].iter().any(|l| l.pool_after || l.residual_from.is_some()) {
+                    return fail(format!(
+                        "layer {i}: the residual block from layer {from} may not contain a pool or another block's end"
+                    ));
+                }
+                if self.layers[from + 1..=i].iter().any(|l| l.stride != 1) {
+                    return fail(format!("layer {i}: only the first conv of a residual block (layer {from}) may have a stride"));
+                }
+                if layer.out_channels < inputs[from] {
+                    return fail(format!(
+                        "layer {i}: a residual block cannot narrow {} channels to {} (the shortcut zero-pads, never drops)",
+                        inputs[from], layer.out_channels
+                    ));
+                }
             }
             if layer.acm_hidden.is_some_and(|h| h < 1) {
                 return fail(format!("layer {i}: acm_hidden must be >= 1"));
@@ -113,6 +239,7 @@ impl ModelConfig {
                     self.acm_reduction
                 ));
             }
+            size = (size + layer.stride - 1) / layer.stride;
             if layer.pool_after {
                 size /= 2;
             }
@@ -134,17 +261,30 @@ impl ModelConfig {
         self.layers.iter().filter(|l| l.gated).map(|l| l.out_channels).collect()
     }
 
+    /// Whether conv layer `i`'s output keeps every channel whatever the gates say: it ends a
+    /// residual block (the sum carries the shortcut's channels) or is ungated.
+    pub fn output_always_full(&self, i: usize) -> bool {
+        !self.layers[i].gated || self.layers[i].residual_from.is_some()
+    }
+
+    /// Whether conv layer `i`'s output is some residual block's input (its shortcut).
+    pub fn feeds_a_shortcut(&self, i: usize) -> bool {
+        self.layers.iter().any(|l| l.residual_from == Some(i + 1))
+    }
+
     /// Multiply-accumulates of each ungated conv layer for one input (3x3 kernels, same padding).
     pub fn conv_macs(&self) -> Vec<f64> {
-        let mut size = self.image_size as f64;
+        let mut size = self.image_size;
         let mut c_in = self.in_channels as f64;
         self.layers
             .iter()
             .map(|layer| {
                 let c_out = layer.out_channels as f64;
-                let macs = size * size * c_in * c_out * 9.0;
+                size = (size + layer.stride - 1) / layer.stride;
+                let side = size as f64;
+                let macs = side * side * c_in * c_out * 9.0;
                 if layer.pool_after {
-                    size = (size / 2.0).floor();
+                    size /= 2;
                 }
                 c_in = c_out;
                 macs
@@ -217,6 +357,43 @@ mod tests {
         assert_eq!(macs[0], 28.0 * 28.0 * 1.0 * 48.0 * 9.0);
         assert_eq!(macs[2], 14.0 * 14.0 * 48.0 * 96.0 * 9.0);
         assert_eq!(macs[5], 7.0 * 7.0 * 192.0 * 192.0 * 9.0);
+    }
+
+    #[test]
+    fn resnet_presets_flatten_blocks_into_gated_convs_with_shortcuts() {
+        let c = ModelConfig::resnet20();
+        assert_eq!(c.layers.len(), 19);
+        assert_eq!(c.gate_sizes().iter().sum::<i64>(), 672);
+        // Block 4 (the first of stage 2) starts at conv 7 with stride 2 and ends at conv 8.
+        assert_eq!((c.layers[7].stride, c.layers[7].out_channels, c.layers[7].residual_from), (2, 32, None));
+        assert_eq!(c.layers[8].residual_from, Some(7));
+        assert!(c.output_always_full(8) && !c.output_always_full(7) && c.feeds_a_shortcut(6));
+        let macs = c.conv_macs();
+        assert_eq!(macs[7], 16.0 * 16.0 * 16.0 * 32.0 * 9.0);
+        assert_eq!(macs[18], 8.0 * 8.0 * 64.0 * 64.0 * 9.0);
+        // About 41 M MACs, as published for ResNet-20.
+        let total: f64 = macs.iter().sum();
+        assert!((40e6..42e6).contains(&total), "{total}");
+        ModelConfig::resnet8().validate().unwrap();
+        ModelConfig::wide_resnet().validate().unwrap();
+        // Old configs (no stride, no shortcut) read as plain layers and write back unchanged.
+        let json = r#"{"out_channels":8,"gated":true,"pool_after":false}"#;
+        let layer: ConvLayer = serde_json::from_str(json).unwrap();
+        assert_eq!(layer, ConvLayer::plain(8, true, false));
+        assert_eq!(serde_json::to_string(&layer).unwrap(), json);
+    }
+
+    #[test]
+    fn residual_blocks_that_cannot_add_up_are_rejected() {
+        let mut c = ModelConfig::resnet8();
+        c.layers[2].out_channels = 8;
+        assert!(c.validate().unwrap_err().to_string().contains("cannot narrow 16 channels to 8"));
+        let mut c = ModelConfig::resnet8();
+        c.layers[4].stride = 2;
+        assert!(c.validate().unwrap_err().to_string().contains("only the first conv"));
+        let mut c = ModelConfig::resnet8();
+        c.layers[2].residual_from = Some(2);
+        assert!(c.validate().unwrap_err().to_string().contains("earlier layer"));
     }
 
     #[test]

@@ -6,13 +6,31 @@ use super::config::ModelConfig;
 use super::gate::{gates_from_logits, ControlModule, GateMode};
 use crate::error::{Error, Result};
 
-/// One conv layer: conv 3x3 -> BatchNorm -> ReLU -> gate (if any) -> max-pool (if any).
+/// One conv layer: conv 3x3 -> BatchNorm -> ReLU -> gate (if any) -> max-pool (if any); or,
+/// closing a residual block, conv -> BatchNorm -> gate -> + shortcut -> ReLU -> max-pool.
 #[derive(Debug)]
 pub(super) struct ConvBlock {
     pub(super) conv: nn::Conv2D,
     pub(super) bn: nn::BatchNorm,
     pub(super) control: Option<ControlModule>,
     pub(super) pool_after: bool,
+    pub(super) stride: i64,
+    /// The conv layer whose input this layer adds (it closes that residual block).
+    pub(super) residual_from: Option<usize>,
+}
+
+/// ResNet's parameter-free shortcut ("option A"): the block input subsampled to the output's
+/// side and zero-padded, half on each side, to the output's channel count.
+pub(super) fn shortcut(input: &Tensor, out_channels: i64, out_side: i64) -> Tensor {
+    let size = input.size();
+    // The block's stride (1 or 2): ceil(side / 2) = out_side for odd sides too.
+    let step = (size[2] + out_side - 1) / out_side.max(1);
+    let x = if size[2] != out_side { input.slice(2, 0, None, step).slice(3, 0, None, step) } else { input.shallow_clone() };
+    let missing = out_channels - size[1];
+    if missing == 0 {
+        return x;
+    }
+    x.constant_pad_nd([0, 0, 0, 0, missing / 2, missing - missing / 2].as_slice())
 }
 
 /// Which of the outputs that only some callers read a forward pass computes: each costs an
@@ -71,7 +89,7 @@ impl DecoupledCnn {
         let mut blocks = Vec::with_capacity(config.layers.len());
         for (i, layer) in config.layers.iter().enumerate() {
             let bp = &blocks_path / i;
-            let conv_config = nn::ConvConfig { padding: 1, bias: false, ..Default::default() };
+            let conv_config = nn::ConvConfig { padding: 1, stride: layer.stride, bias: false, ..Default::default() };
             let conv = nn::conv2d(&bp / "conv", c_in, layer.out_channels, 3, conv_config);
             let bn = nn::batch_norm2d(&bp / "bn", layer.out_channels, Default::default());
             let control = layer.gated.then(|| {
@@ -83,7 +101,7 @@ impl DecoupledCnn {
                     config.num_classes,
                 )
             });
-            blocks.push(ConvBlock { conv, bn, control, pool_after: layer.pool_after });
+            blocks.push(ConvBlock { conv, bn, control, pool_after: layer.pool_after, stride: layer.stride, residual_from: layer.residual_from });
             c_in = layer.out_channels;
         }
         let classifier = nn::linear(p / "classifier", c_in, config.num_classes, Default::default());
@@ -130,8 +148,14 @@ impl DecoupledCnn {
         let mut pooled_outputs = Vec::new();
         let mut mi_logits = Vec::new();
         let mut gate_logits = Vec::new();
-        for block in &self.blocks {
-            let out = h.apply(&block.conv).apply_t(&block.bn, train).relu();
+        // Each layer's input, kept while a residual block that starts there may need it.
+        let mut inputs: Vec<Option<Tensor>> = Vec::with_capacity(self.blocks.len());
+        for (i, block) in self.blocks.iter().enumerate() {
+            let keep = self.blocks[i..].iter().any(|b| b.residual_from == Some(i));
+            inputs.push(keep.then(|| h.shallow_clone()));
+            let normed = h.apply(&block.conv).apply_t(&block.bn, train);
+            // A block's last conv takes its ReLU after the sum.
+            let out = if block.residual_from.is_some() { normed } else { normed.relu() };
             h = match &block.control {
                 Some(control) => {
                     let logits = control.gate_logits(&h);
@@ -150,6 +174,11 @@ impl DecoupledCnn {
                 }
                 None => out,
             };
+            if let Some(from) = block.residual_from {
+                let input = inputs[from].take().expect("a block's input is kept until its end");
+                let size = h.size();
+                h = (h + shortcut(&input, size[1], size[2])).relu();
+            }
             if block.pool_after {
                 h = h.max_pool2d_default(2);
             }

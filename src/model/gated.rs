@@ -30,6 +30,9 @@ struct FoldedLayer {
     bias_tensor: Tensor,
     control: Option<Control>,
     pool_after: bool,
+    stride: i64,
+    /// The conv layer whose input this layer adds before its ReLU (it closes that block).
+    residual_from: Option<usize>,
 }
 
 /// A controlling module: `gate logits = FC2(ReLU(FC1(GAP(x))))`, and the MI head.
@@ -99,6 +102,8 @@ impl GatedNetwork {
                 bias_tensor,
                 control,
                 pool_after: block.pool_after,
+                stride: block.stride,
+                residual_from: block.residual_from,
             });
         }
         Ok(GatedNetwork {
@@ -124,7 +129,11 @@ impl GatedNetwork {
         // Which of the layer input's channels `h` holds, in order; None = all of them.
         let mut present: Option<Vec<usize>> = None;
         let (mut gates, mut gate_logits, mut mi_logits) = (Vec::new(), Vec::new(), Vec::new());
-        for layer in &self.layers {
+        // Each layer's input at full width, kept while a residual block that starts there needs it.
+        let mut block_inputs: Vec<Option<Tensor>> = Vec::with_capacity(self.layers.len());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let starts_block = self.layers[i..].iter().any(|l| l.residual_from == Some(i));
+            block_inputs.push(starts_block.then(|| scatter_channels(&h, present.as_deref(), layer.in_channels)));
             let mut multiplier = None;
             let (weight, bias, kept) = match &layer.control {
                 Some(control) => {
@@ -161,10 +170,27 @@ impl GatedNetwork {
                     }
                 },
             };
-            h = h.conv2d(&weight, Some(&bias), [1, 1], [1, 1], [1, 1], 1).relu_();
-            if let Some(m) = multiplier {
-                h = h * m;
+            let stride = [layer.stride, layer.stride];
+            h = h.conv2d(&weight, Some(&bias), stride, [1, 1], [1, 1], 1);
+            match layer.residual_from {
+                None => {
+                    h = h.relu_();
+                    if let Some(m) = multiplier {
+                        h = h * m;
+                    }
+                }
+                Some(from) => {
+                    // Gate the conv, widen it back to every channel, add the shortcut, ReLU.
+                    if let Some(m) = multiplier {
+                        h = h * m;
+                    }
+                    h = scatter_channels(&h, kept.as_deref(), layer.out_channels);
+                    let input = block_inputs[from].take().expect("a block's input is kept until its end");
+                    let size = h.size();
+                    h = (h + super::decoupled::shortcut(&input, size[1], size[2])).relu_();
+                }
             }
+            let kept = if layer.residual_from.is_some() { None } else { kept };
             if layer.pool_after {
                 h = h.max_pool2d_default(2);
             }
@@ -249,6 +275,16 @@ impl Control {
     }
 }
 
+/// `x` `[N, k, H, W]`, whose k channels are the channels `present` of `channels`, at full
+/// width (the others zero).
+fn scatter_channels(x: &Tensor, present: Option<&[usize]>, channels: usize) -> Tensor {
+    let Some(present) = present else { return x.shallow_clone() };
+    let size = x.size();
+    let index: Vec<i64> = present.iter().map(|&c| c as i64).collect();
+    let index = Tensor::from_slice(&index).to_device(x.device());
+    Tensor::zeros([size[0], channels as i64, size[2], size[3]], (x.kind(), x.device())).index_copy(1, &index, x)
+}
+
 /// Rows `[n][k]` holding the channels `present` of `[n][channels]` rows whose others are 0.
 fn scatter_rows(compact: &[f32], n: usize, present: Option<&[usize]>, channels: usize) -> Vec<f32> {
     let Some(present) = present else { return compact.to_vec() };
@@ -299,5 +335,29 @@ mod tests {
             let closed = dense.gates[2].sum(Kind::Float).double_value(&[]) == 0.0;
             assert_eq!(closed, close_layer);
         }
+    }
+
+    /// The same on a ResNet: strided convs, gated inner convs, shortcuts that zero-pad.
+    #[test]
+    fn gated_passes_equal_the_dense_pass_on_a_resnet() {
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let config = ModelConfig::resnet(&[4, 8], 1).unwrap();
+        let model = DecoupledCnn::new(&vs.root(), &config).unwrap();
+        // Random BatchNorm statistics and gate biases, so that some gates close.
+        tch::no_grad(|| {
+            for (name, mut t) in vs.variables() {
+                if name.ends_with("running_mean") || name.ends_with("fc2.bias") {
+                    let _ = t.copy_(&(Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.5));
+                }
+            }
+        });
+        let x = Tensor::rand([4, 3, 15, 15], (Kind::Float, Device::Cpu));
+        let dense = tch::no_grad(|| model.forward_with_path(&x, GateMode::Eval));
+        let open = dense.path().mean(Kind::Float).double_value(&[]);
+        assert!(open > 0.1 && open < 0.9, "open fraction {open}");
+        let gated = GatedNetwork::new(&model).unwrap();
+        assert_same(&dense, &gated.forward(&x, true).unwrap());
+        assert_same(&dense, &gated.forward_each(&x, true).unwrap());
     }
 }
