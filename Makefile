@@ -46,7 +46,7 @@ ROBUST_DETECTOR_ARGS := --limit 1000 --eps 0.05,0.1,0.2 --methods fgsm,pgd,pgd-e
 ROBUST_ARGS := --init models/default --epochs 8 --hard-gate-epochs 1 --lr 1e-3 --adversarial n-fgsm \
   --adv-eps 0.1 --adv-eps-warmup-epochs 2 --adv-eval-images 500 --seed 0
 
-.PHONY: help setup data torch fonts browser build bench test serve eval default-model detector distribution evaluate adaptive-report robust-model robust-report corruption-report benign-detector emoji-data emoji-model soak clean-venv
+.PHONY: help setup data torch fonts browser build bench test serve eval default-model detector distribution evaluate adaptive-report robust-model robust-report corruption-report benign-detector emoji-data emoji-model emoji-resnet soak clean-venv
 
 help:
 	@echo "make serve          set up, build, and start pathguard on models/default"
@@ -60,6 +60,7 @@ help:
 	@echo "make robust-report  the adaptive attacks against models/robust, alone and with its detector (about 25 min)"
 	@echo "make emoji-data     build data/emoji, a colour image folder from two npm emoji packages (about 2 min)"
 	@echo "make emoji-model    train, fit and evaluate a model on data/emoji (about 50 min on 2 cores; resumable)"
+	@echo "make emoji-resnet   the same with the ResNet-20 preset (models/emoji-resnet, reports/emoji-resnet)"
 	@echo "make corruption-report  benign corruptions against the shipped and the corruption-aware detector (about 15 min)"
 	@echo "make benign-detector  fit models/default/detector-benign.json with mildly corrupted images as clean (about 30 min)"
 	@echo "make bench          throughput of the shipped model and of attacks"
@@ -189,15 +190,24 @@ $(EMOJI_DIR)/.complete:
 
 # A decoupled model of the shipped architecture on the emoji folder (resumable in runs/emoji),
 # its detector, and its evaluation report (reports/emoji).
+# $(call emoji_run,NAME,TRAIN ARGS): runs/NAME (resumable) -> models/NAME -> reports/NAME.
+define emoji_run
+	mkdir -p runs/$(1) models/$(1)/training-logs
+	set -o pipefail; $(BIN) train --out runs/$(1) --resume $(2) | tee -a runs/$(1)/train.log
+	cp runs/$(1)/model.safetensors models/$(1)/ && cp runs/$(1)/config.json models/$(1)/
+	cp runs/$(1)/train.log models/$(1)/training-logs/train.log
+	$(BIN) fit-detector --model models/$(1) --data $(EMOJI_DIR) --limit 1000 --eps 0.1 --methods fgsm,pgd,pgd-early-stop --seed 0
+	$(BIN) eval --model models/$(1) --data $(EMOJI_DIR) --json
+	$(BIN) evaluate --model models/$(1) --data $(EMOJI_DIR) --limit 692 --train-limit 1000 --slow-limit 100 --eps 0.1 \
+	  --corruption-limit 0 --out reports/$(1)
+endef
+
 emoji-model: build emoji-data
-	mkdir -p runs/emoji models/emoji/training-logs
-	set -o pipefail; $(BIN) train --out runs/emoji --resume $(EMOJI_ARGS) | tee -a runs/emoji/train.log
-	cp runs/emoji/model.safetensors models/emoji/ && cp runs/emoji/config.json models/emoji/
-	cp runs/emoji/train.log models/emoji/training-logs/train.log
-	$(BIN) fit-detector --model models/emoji --data $(EMOJI_DIR) --limit 1000 --eps 0.1 --methods fgsm,pgd,pgd-early-stop --seed 0
-	$(BIN) eval --model models/emoji --data $(EMOJI_DIR) --json
-	$(BIN) evaluate --model models/emoji --data $(EMOJI_DIR) --limit 692 --train-limit 1000 --slow-limit 100 --eps 0.1 \
-	  --corruption-limit 0 --out reports/emoji
+	$(call emoji_run,emoji,$(EMOJI_ARGS))
+
+# The same data with the ResNet-20 preset (gated residual blocks, issue 16 part 3).
+emoji-resnet: build emoji-data
+	$(call emoji_run,emoji-resnet,$(EMOJI_ARGS) --arch resnet20)
 
 # The benign-corruption tables of README (reports/corruptions*), for the shipped detector and
 # for the one fitted with mildly corrupted images as clean (make benign-detector).

@@ -160,3 +160,39 @@ pub fn uses_only_kept(gates: &[Tensor], kept: &[Vec<i64>], gated_layers: &[usize
     }
     only_kept
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On a ResNet, compaction drops the never-open filters of the inner convs only, and the
+    /// compact network computes exactly the full one's logits (every path uses kept filters).
+    #[test]
+    fn a_resnet_compacts_its_inner_convs_exactly() {
+        tch::manual_seed(5);
+        let config = ModelConfig::resnet(&[8, 16], 1).unwrap();
+        let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
+        let checkpoint = Checkpoint::new(&config, &names, Device::Cpu).unwrap();
+        // Close half of every gated layer's filters for good.
+        tch::no_grad(|| {
+            for (name, mut t) in checkpoint.vs.variables() {
+                if name.ends_with("acm.fc2.bias") {
+                    let half = t.size()[0] / 2;
+                    let _ = t.narrow(0, 0, half).fill_(-1e4);
+                }
+            }
+        });
+        let x = Tensor::rand([6, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let data = Dataset { images: x.shallow_clone(), labels: Tensor::zeros([6], (Kind::Int64, Device::Cpu)), class_names: names.iter().map(|s| s.to_string()).collect() };
+        let usage = filter_usage(&checkpoint, Device::Cpu, &data, 6).unwrap();
+        let compacted = compact(&checkpoint, &usage, 0.01, 6).unwrap();
+        let widths: Vec<i64> = compacted.model.config().layers.iter().map(|l| l.out_channels).collect();
+        // Stem, then per block: the inner conv loses at least its closed half, the conv
+        // closing the block stays full.
+        assert_eq!((widths[0], widths[2], widths[4]), (8, 8, 16), "{widths:?}");
+        assert!(widths[1] <= 4 && widths[3] <= 8, "{widths:?}");
+        let full = checkpoint.model.predict(&x).unwrap().0;
+        let small = compacted.model.predict(&x).unwrap().0;
+        assert!(full.allclose(&small, 1e-4, 1e-5, false), "logits differ");
+    }
+}

@@ -68,7 +68,7 @@ const COLOURS: [(&str, [u8; 3]); 3] = [("blue", [20, 20, 200]), ("green", [20, 1
 
 /// An image folder with train/ and test/: class folders named after the colour of their
 /// images (a task even a tiny network learns in a few steps).
-fn colour_folder(root: &Path, per_class: (u32, u32), size: (u32, u32)) {
+pub fn colour_folder(root: &Path, per_class: (u32, u32), size: (u32, u32)) {
     for (split, n) in [("train", per_class.0), ("test", per_class.1)] {
         for (name, colour) in COLOURS {
             let dir = root.join(split).join(name);
@@ -169,7 +169,7 @@ fn npy_arrays_load_channels_last_with_class_names() {
     assert!(err.contains("cannot tell the data format") && err.contains("--data-format"), "{err}");
 }
 
-fn pathguard(args: &[&str], paths: &[&Path]) -> Output {
+pub fn pathguard(args: &[&str], paths: &[&Path]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_pathguard"));
     command.args(args);
     for path in paths {

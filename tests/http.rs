@@ -12,7 +12,7 @@ use crate::python_client::client_python;
 use crate::service::{test_images, Server};
 
 /// `curl` a path of the HTTP address: (HTTP status, body). `args` go before the URL.
-fn curl(addr: SocketAddr, path: &str, args: &[&str]) -> (u16, String) {
+pub fn curl(addr: SocketAddr, path: &str, args: &[&str]) -> (u16, String) {
     let out = Command::new("curl")
         .args(["-sS", "-o", "-", "-w", "\n%{http_code}", "--max-time", "120"])
         .args(args)
@@ -24,7 +24,7 @@ fn curl(addr: SocketAddr, path: &str, args: &[&str]) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
-fn post_json(addr: SocketAddr, path: &str, body: &str) -> (u16, Value) {
+pub fn post_json(addr: SocketAddr, path: &str, body: &str) -> (u16, Value) {
     let (code, text) = curl(addr, path, &["-H", "Content-Type: application/json", "--data-binary", body]);
     (code, serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")))
 }

@@ -20,6 +20,7 @@ mod linking;
 mod path_statistics;
 mod paths;
 mod python_client;
+mod resnet;
 mod pytorch_reference;
 mod service;
 mod shipped_model;
