@@ -71,7 +71,7 @@ async fn a_resnet_trains_on_an_rgb_folder_fits_its_detector_and_serves_grpc_and_
     let server = Server::start_model(&model, &[]);
     server.wait_serving().await;
     let mut client = server.client().await;
-    let info = client.get_info(GetInfoRequest {}).await.unwrap().into_inner();
+    let info = client.get_info(GetInfoRequest::default()).await.unwrap().into_inner();
     assert_eq!(info.input_shape, vec![3, 32, 32]);
     assert_eq!(info.class_names, ["blue", "green", "red"]);
     assert_eq!(info.gated_layers.len(), 6);

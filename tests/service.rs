@@ -195,7 +195,7 @@ async fn screening_round_trip_validation_concurrency_streaming_and_metrics() {
     server.wait_serving().await;
     let mut client = server.client().await;
 
-    let info = client.get_info(GetInfoRequest {}).await.unwrap().into_inner();
+    let info = client.get_info(GetInfoRequest::default()).await.unwrap().into_inner();
     assert_eq!(info.class_names.len(), 10);
     assert_eq!(info.gated_layers.len(), 5);
     assert_eq!(info.input_shape, vec![1, 28, 28]);
@@ -517,7 +517,7 @@ async fn the_queue_is_bounded_by_images_too() {
         assert!(message.contains("limit of 1024"), "{message}");
     }
     let mut client = server.client().await;
-    let info = client.get_info(GetInfoRequest {}).await.unwrap().into_inner();
+    let info = client.get_info(GetInfoRequest::default()).await.unwrap().into_inner();
     assert_eq!(info.limits.unwrap().max_queued_images, 1024);
     let again = client.screen(tensor_request(&images.narrow(0, 0, 8))).await;
     assert!(again.is_ok(), "and it recovers at once, its answered images no longer held: {:?}", again.err());
@@ -583,4 +583,56 @@ async fn at_the_end_of_the_grace_period_calls_in_flight_answer_unavailable() {
     assert!(status.message().contains("grace period"), "{status:?}");
     let exit = server.wait_exit();
     assert!(exit.success(), "exit status {exit:?}");
+}
+
+/// Two models in one server (`--model DIR --model NAME=DIR`), each with its own workers:
+/// GetInfo, Screen, the Open Inference Protocol and `pathguard screen` pick one by name, the
+/// first is the default (also as "pathguard"), and an unknown name is NOT_FOUND naming both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_models_are_served_by_name() {
+    let robust = crate::repo_root().join("models/robust");
+    let server = Server::start(&["--model", &format!("hardened={}", robust.display())]);
+    server.wait_serving().await;
+    let mut client = server.client().await;
+    let default = client.get_info(GetInfoRequest::default()).await.unwrap().into_inner();
+    assert_eq!((default.model_name.as_str(), default.models.clone()), ("default", vec!["default".to_string(), "hardened".to_string()]));
+    let hardened = client.get_info(GetInfoRequest { model: "hardened".into() }).await.unwrap().into_inner();
+    assert_eq!(hardened.model_name, "hardened");
+    assert_ne!(hardened.model_hash, default.model_hash);
+    assert!(hardened.training.starts_with("adversarial"), "{}", hardened.training);
+
+    let (images, _) = test_images(4);
+    for (name, hash) in [("", &default.model_hash), ("pathguard", &default.model_hash), ("hardened", &hardened.model_hash)] {
+        let request = ScreenRequest { model: name.into(), ..tensor_request(&images) };
+        let response = client.screen(request).await.unwrap().into_inner();
+        assert_eq!(&response.model_hash, hash, "model {name:?}");
+        assert_eq!(response.results.len(), 4);
+    }
+    let missing = client.screen(ScreenRequest { model: "resnet".into(), ..tensor_request(&images) }).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    assert!(missing.message().contains("\"default\", \"hardened\""), "{}", missing.message());
+
+    // The Open Inference Protocol over REST, by name.
+    let meta = http_get(server.http, "/v2/models/hardened");
+    assert!(meta.starts_with("HTTP/1.0 200") || meta.starts_with("HTTP/1.1 200"), "{meta}");
+    assert!(meta.contains("\"name\":\"hardened\""), "{meta}");
+    assert!(http_get(server.http, "/v2/models/resnet").contains(" 404 "));
+
+    // The command-line client, naming the server's model.
+    let dir = tempfile::tempdir().unwrap();
+    let npy = dir.path().join("images.npy");
+    let values = Vec::<f32>::try_from(images.flatten(0, -1)).unwrap();
+    ndarray_npy::write_npy(&npy, &ndarray::Array4::from_shape_vec((4, 1, 28, 28), values).unwrap()).unwrap();
+    let screen = Command::new(env!("CARGO_BIN_EXE_pathguard"))
+        .args(["screen", "--server", &server.url(), "--server-model", "hardened"])
+        .arg(&npy)
+        .output()
+        .unwrap();
+    assert!(screen.status.success(), "{}", String::from_utf8_lossy(&screen.stderr));
+    let via_cli: Vec<serde_json::Value> = String::from_utf8_lossy(&screen.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let direct = client.screen(ScreenRequest { model: "hardened".into(), ..tensor_request(&images) }).await.unwrap().into_inner();
+    for (record, result) in via_cli.iter().zip(&direct.results) {
+        let score = record["adversarial_score"].as_f64().unwrap();
+        assert!((score - result.adversarial_score as f64).abs() < 1e-6);
+    }
 }

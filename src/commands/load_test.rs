@@ -148,7 +148,7 @@ pub fn run_load_test(args: LoadTestArgs) -> Result<()> {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     // The server's model says what the images must look like; the data are brought to it.
-    let spec = runtime.block_on(async { Backend::connect(&args.server, Limits::default().max_message_bytes).await?.input_spec().await })?;
+    let spec = runtime.block_on(async { Backend::connect(&args.server, Limits::default().max_message_bytes, "").await?.input_spec().await })?;
     let mut source = DataSource::new(args.data.clone().unwrap_or_else(pathguard::data::fashion_mnist::default_dir));
     source.format = args.data_format;
     (source.channels, source.size, source.resize) = (Some(spec.channels), Some(spec.size), spec.resize);

@@ -12,6 +12,7 @@ use clap::{Args, ValueEnum};
 use pathguard::device::parse_device;
 use pathguard::model::Execution;
 use pathguard::service::client::{collect_inputs, request_for, Backend, Record};
+use pathguard::service::models::{check_specs, ModelSpec, Models, DEFAULT_ALIAS};
 use pathguard::service::grpc::ScreeningService;
 use pathguard::service::limits::Limits;
 use pathguard::service::metrics::Metrics;
@@ -26,9 +27,11 @@ pub enum LogFormat {
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// Checkpoint directory with detector.json
+    /// Checkpoint directory with detector.json, or NAME=DIR; repeat to serve several models,
+    /// each with its own workers (a bare DIR is named after its last component; the first is
+    /// the default and also answers to "pathguard")
     #[arg(long, default_value = "models/default")]
-    model: PathBuf,
+    model: Vec<String>,
     /// Address to listen on (loopback by default; port 0 picks a free one)
     #[arg(long, default_value = "127.0.0.1:50051")]
     addr: SocketAddr,
@@ -126,8 +129,10 @@ pub fn run_serve(args: ServeArgs) -> Result<()> {
         Some(n) => tch::set_num_threads(n),
         None => {}
     }
+    let models = args.model.iter().map(|m| ModelSpec::parse(m)).collect::<pathguard::Result<Vec<_>>>()?;
+    check_specs(&models)?;
     let options = ServeOptions {
-        model: args.model,
+        models,
         addr: args.addr,
         device: parse_device(&args.device)?,
         execution: args.execution,
@@ -154,6 +159,9 @@ pub struct ScreenArgs {
     /// Server URL, e.g. http://127.0.0.1:50051; without it, screens in process
     #[arg(long)]
     server: Option<String>,
+    /// Which of the server's models screens (its --model names; default: its first)
+    #[arg(long, default_value = "", requires = "server")]
+    server_model: String,
     /// Model directory for in-process screening
     #[arg(long, default_value = "models/default")]
     model: PathBuf,
@@ -187,7 +195,7 @@ pub fn run_screen(args: ScreenArgs) -> Result<bool> {
     let mut records = Vec::new();
     runtime()?.block_on(async {
         let mut backend = match &args.server {
-            Some(url) => Backend::connect(url, Limits::default().max_message_bytes).await?,
+            Some(url) => Backend::connect(url, Limits::default().max_message_bytes, &args.server_model).await?,
             None => {
                 let device = parse_device(&args.device)?;
                 let metrics = Arc::new(Metrics::new());
@@ -195,7 +203,8 @@ pub fn run_screen(args: ScreenArgs) -> Result<bool> {
                 let workers = tokio::task::spawn_blocking(move || Workers::start(&model, device, execution, Limits::default(), worker_metrics))
                     .await
                     .context("loading the model")??;
-                Backend::InProcess(ScreeningService::new(Some(workers), metrics))
+                let models = Models::new(vec![(DEFAULT_ALIAS.to_string(), workers)]);
+                Backend::InProcess(ScreeningService::new(Some(models), metrics))
             }
         };
         // The model's shape decides how NPY arrays are read and, for a mix of files, how

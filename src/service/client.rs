@@ -117,23 +117,25 @@ pub fn request_for(inputs: &[Input], spec: &InputSpec, threshold: Option<f32>, r
         ids: inputs.iter().map(|i| i.id.clone()).collect(),
         threshold,
         return_path_bits,
+        model: String::new(),
     })
 }
 
-/// Where requests go.
+/// Where requests go: a server (and which of its models; empty = its default), or a service
+/// in this process.
 pub enum Backend {
-    Remote(ScreeningClient<Channel>),
+    Remote(ScreeningClient<Channel>, String),
     InProcess(ScreeningService),
 }
 
 impl Backend {
-    pub async fn connect(url: &str, max_message_bytes: usize) -> Result<Self> {
+    pub async fn connect(url: &str, max_message_bytes: usize, model: &str) -> Result<Self> {
         let client = ScreeningClient::connect(url.to_string())
             .await
             .map_err(|e| Error::Config(format!("cannot connect to {url}: {e}")))?
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes);
-        Ok(Backend::Remote(client))
+        Ok(Backend::Remote(client, model.to_string()))
     }
 
     /// What the model behind this backend takes (GetInfo's input shape and resize rule).
@@ -141,8 +143,8 @@ impl Backend {
         let status = |s: tonic::Status| Error::InvalidInput(format!("the server answered {:?}: {}", s.code(), s.message()));
         match self {
             Backend::InProcess(service) => Ok(service.workers().map_err(status)?.info.input),
-            Backend::Remote(client) => {
-                let info = client.get_info(GetInfoRequest {}).await.map_err(status)?.into_inner();
+            Backend::Remote(client, model) => {
+                let info = client.get_info(GetInfoRequest { model: model.clone() }).await.map_err(status)?.into_inner();
                 let resize = Resize::from_name(&info.resize).unwrap_or_default();
                 match info.input_shape[..] {
                     [channels, size, w] if size == w && channels > 0 && size > 0 => Ok(InputSpec { channels, size, resize }),
@@ -189,10 +191,12 @@ impl Backend {
                 }
                 failure
             }
-            Backend::Remote(client) => {
+            Backend::Remote(client, model) => {
                 let (tx, rx) = tokio::sync::mpsc::channel(4);
+                let model = model.clone();
                 tokio::spawn(async move {
-                    for request in requests {
+                    for mut request in requests {
+                        request.model = model.clone();
                         if tx.send(request).await.is_err() {
                             break;
                         }

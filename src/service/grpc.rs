@@ -20,36 +20,48 @@ use super::proto::{
     AttackRequest, AttackResponse, AttackedImage, DataType, ExpertScore, GatedLayer, GetInfoRequest, GetInfoResponse, ImageResult,
     Limits as LimitsMessage, PathSummary, ScreenRequest, ScreenResponse, Tensor as TensorMessage, TrainingDistance,
 };
+use super::models::Models;
 use super::worker::Workers;
 use crate::attack_set::{AttackParams, METHODS};
 use crate::screener::pack_bits;
 
-/// The service: shared by every connection. `workers` is empty until the model is loaded.
+/// The service: shared by every connection. `models` is empty until the models are loaded.
 #[derive(Clone)]
 pub struct ScreeningService {
-    pub workers: Arc<tokio::sync::OnceCell<Arc<Workers>>>,
+    pub models: Arc<tokio::sync::OnceCell<Arc<Models>>>,
     pub metrics: Arc<Metrics>,
     pub drain: Arc<Drain>,
 }
 
 impl ScreeningService {
-    /// A service around `workers` (loaded later by the server; at once in process).
-    pub fn new(workers: Option<Workers>, metrics: Arc<Metrics>) -> Self {
+    /// A service around `models` (loaded later by the server; at once in process).
+    pub fn new(models: Option<Models>, metrics: Arc<Metrics>) -> Self {
         ScreeningService {
-            workers: Arc::new(tokio::sync::OnceCell::new_with(workers.map(Arc::new))),
+            models: Arc::new(tokio::sync::OnceCell::new_with(models.map(Arc::new))),
             metrics,
             drain: Drain::new(),
         }
     }
 
+    /// All the models, once loaded.
+    pub fn models(&self) -> Result<&Arc<Models>, Status> {
+        self.models.get().ok_or_else(|| Status::unavailable("the models are still loading; see the health service"))
+    }
+
+    /// The workers of model `name` ("" = the default, the first).
+    pub fn model(&self, name: &str) -> Result<&Arc<Workers>, Status> {
+        self.models()?.get(name, "")
+    }
+
+    /// The default model's workers.
     pub fn workers(&self) -> Result<&Arc<Workers>, Status> {
-        self.workers.get().ok_or_else(|| Status::unavailable("the model is still loading; see the health service"))
+        self.model("")
     }
 
     /// Screens one request: the whole of `Screen`, one message of `ScreenStream`, and the
     /// in-process path of `pathguard screen`.
     pub async fn screen_request(&self, mut request: ScreenRequest, deadline: Option<Instant>) -> Result<ScreenResponse, Status> {
-        let workers = self.workers()?;
+        let workers = self.model(&request.model)?;
         let decoding = Instant::now();
         let images = decode_images_blocking(request.images.take(), "images", workers.limits.max_images_per_request, workers.info.input).await?;
         self.metrics.observe_stage("decode", decoding.elapsed());
@@ -105,7 +117,7 @@ impl ScreeningService {
     }
 
     async fn attack_request(&self, mut request: AttackRequest, deadline: Option<Instant>) -> Result<AttackResponse, Status> {
-        let workers = self.workers()?;
+        let workers = self.model(&request.model)?;
         let limits = &workers.limits;
         let images = decode_images_blocking(request.images.take(), "images", limits.max_attack_images, workers.info.input).await?;
         let n = images.size()[0] as usize;
@@ -342,11 +354,16 @@ impl Screening for ScreeningService {
         Ok(Response::new(response))
     }
 
-    async fn get_info(&self, _request: Request<GetInfoRequest>) -> Result<Response<GetInfoResponse>, Status> {
+    async fn get_info(&self, request: Request<GetInfoRequest>) -> Result<Response<GetInfoResponse>, Status> {
+        let name = request.into_inner().model;
         self.observed("GetInfo", None, async {
-            let workers = self.workers()?;
+            let models = self.models()?;
+            let workers = models.get(&name, "")?;
             let (info, limits) = (&workers.info, &workers.limits);
+            let index = super::models::resolve(models.names(), &name, "")?;
             Ok(Response::new(GetInfoResponse {
+                model_name: models.names()[index].clone(),
+                models: models.names().to_vec(),
                 model_hash: info.model_hash.clone(),
                 class_names: info.class_names.clone(),
                 input_shape: info.input.image_shape().to_vec(),

@@ -1,4 +1,5 @@
-//! The Open Inference Protocol (KServe v2 / Triton gRPC): model `pathguard` with input
+//! The Open Inference Protocol (KServe v2 / Triton gRPC): each served model by name (the
+//! first also as `pathguard`), with input
 //! `images` and outputs `probabilities`, `predicted_class`, `adversarial_score` and
 //! `is_adversarial`. Requests go through the same validation, worker, batching and metrics
 //! as `Screen`.
@@ -17,8 +18,7 @@ use super::inference::model_metadata_response::TensorMetadata;
 use super::inference::*;
 use super::proto::{images::Source, DataType, Images, ScreenRequest, Tensor};
 
-pub const MODEL_NAME: &str = "pathguard";
-pub const MODEL_VERSION: &str = "1";
+pub use super::models::{DEFAULT_ALIAS as MODEL_NAME, MODEL_VERSION};
 pub const INPUT: &str = "images";
 pub const OUTPUTS: [&str; 4] = ["probabilities", "predicted_class", "adversarial_score", "is_adversarial"];
 
@@ -29,17 +29,6 @@ pub struct InferenceService {
 
 fn invalid(message: String) -> Status {
     Status::invalid_argument(message)
-}
-
-/// Checks the model name and version of a request.
-fn check_model(name: &str, version: &str) -> Result<(), Status> {
-    if name != MODEL_NAME {
-        return Err(Status::not_found(format!("model {} is not served here; the model is {MODEL_NAME:?}", quoted(name))));
-    }
-    if !version.is_empty() && version != MODEL_VERSION {
-        return Err(Status::not_found(format!("model {MODEL_NAME} has version {MODEL_VERSION} only, not {}", quoted(version))));
-    }
-    Ok(())
 }
 
 /// The `images` input as our Images message (raw bytes or typed contents, not both).
@@ -113,12 +102,13 @@ fn tensor_metadata(name: &str, datatype: &str, shape: &[i64]) -> TensorMetadata 
 
 impl InferenceService {
     pub(crate) async fn infer(&self, request: ModelInferRequest, deadline: Option<Instant>) -> Result<ModelInferResponse, Status> {
-        check_model(&request.model_name, &request.model_version)?;
+        self.screening.models()?.get(&request.model_name, &request.model_version)?;
         let outputs = requested_outputs(&request)?;
         let images = input_images(&request)?;
+        let model = request.model_name.clone();
         let screened = self
             .screening
-            .screen_request(ScreenRequest { images: Some(images), ..Default::default() }, deadline)
+            .screen_request(ScreenRequest { images: Some(images), model, ..Default::default() }, deadline)
             .await
             // Our validation names our fields; name the protocol's instead.
             .map_err(|s| Status::new(s.code(), s.message().replacen("images.tensor", "inputs[0]", 1)))?;
@@ -152,7 +142,7 @@ impl InferenceService {
             raw.push(bytes);
         }
         Ok(ModelInferResponse {
-            model_name: MODEL_NAME.into(),
+            model_name: request.model_name,
             model_version: MODEL_VERSION.into(),
             id: request.id,
             parameters: Default::default(),
@@ -174,8 +164,12 @@ impl GrpcInferenceService for InferenceService {
 
     async fn model_ready(&self, request: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
         let r = request.into_inner();
-        check_model(&r.name, &r.version)?;
-        Ok(Response::new(ModelReadyResponse { ready: self.screening.workers().is_ok() }))
+        // Before the models load, their names are not known here: not ready.
+        let ready = match self.screening.models() {
+            Ok(models) => models.get(&r.name, &r.version).map(|_| true)?,
+            Err(_) => false,
+        };
+        Ok(Response::new(ModelReadyResponse { ready }))
     }
 
     async fn server_metadata(
@@ -194,12 +188,11 @@ impl GrpcInferenceService for InferenceService {
         request: Request<ModelMetadataRequest>,
     ) -> Result<Response<ModelMetadataResponse>, Status> {
         let r = request.into_inner();
-        check_model(&r.name, &r.version)?;
-        let info = &self.screening.workers()?.info;
+        let info = &self.screening.models()?.get(&r.name, &r.version)?.info;
         let classes = info.class_names.len() as i64;
         let [c, h, w] = info.input.image_shape();
         Ok(Response::new(ModelMetadataResponse {
-            name: MODEL_NAME.into(),
+            name: r.name,
             versions: vec![MODEL_VERSION.into()],
             platform: "pathguard".into(),
             inputs: vec![tensor_metadata(INPUT, "FP32", &[-1, c, h, w])],
@@ -265,7 +258,8 @@ mod tests {
         ) {
             let mut request = request(name, datatype, shape, raw, fp32, outputs);
             request.model_name = model;
-            let checked = check_model(&request.model_name, &request.model_version)
+            let checked = super::super::models::resolve(&[MODEL_NAME.to_string()], &request.model_name, &request.model_version)
+                .map(|_| ())
                 .and_then(|_| requested_outputs(&request).map(|_| ()))
                 .and_then(|_| input_images(&request).map(|_| ()));
             if let Err(status) = checked {

@@ -15,6 +15,7 @@ pub mod input;
 pub mod kserve;
 pub mod limits;
 pub mod metrics;
+pub mod models;
 pub mod page;
 pub mod rest;
 pub mod server;

@@ -21,13 +21,15 @@ use super::kserve::InferenceService;
 use super::limits::Limits;
 use super::metrics::{serve_metrics, Metrics};
 use super::proto::screening_server::ScreeningServer;
+use super::models::{ModelSpec, Models};
 use super::worker::Workers;
 use crate::error::{Error, Result};
 use crate::model::Execution;
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    pub model: PathBuf,
+    /// The models, by name; the first is the default.
+    pub models: Vec<ModelSpec>,
     pub addr: SocketAddr,
     pub device: Device,
     /// How the screening worker runs the model (dense, gated or auto).
@@ -119,19 +121,21 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
         tokio::spawn(async move {
             let started = std::time::Instant::now();
             let loaded = tokio::task::spawn_blocking(move || {
-                Workers::start(&options.model, options.device, options.execution, options.limits.clone(), metrics)
+                let mut loaded = Vec::new();
+                for spec in &options.models {
+                    let workers = Workers::start(&spec.dir, options.device, options.execution, options.limits.clone(), metrics.clone())
+                        .map_err(|e| Error::Config(format!("model {:?} ({}): {e}", spec.name, spec.dir.display())))?;
+                    tracing::info!(name = %spec.name, model = %workers.info.model_hash, device = %workers.info.device, "model and detector loaded");
+                    loaded.push((spec.name.clone(), workers));
+                }
+                Ok(Models::new(loaded))
             })
             .await
-            .unwrap_or_else(|e| Err(Error::Config(format!("loading the model panicked: {e}"))));
+            .unwrap_or_else(|e| Err(Error::Config(format!("loading the models panicked: {e}"))));
             match loaded {
-                Ok(workers) => {
-                    tracing::info!(
-                        model = %workers.info.model_hash,
-                        device = %workers.info.device,
-                        seconds = started.elapsed().as_secs_f64(),
-                        "model and detector loaded; serving"
-                    );
-                    let _ = service.workers.set(Arc::new(workers));
+                Ok(models) => {
+                    tracing::info!(models = ?models.names(), seconds = started.elapsed().as_secs_f64(), "serving");
+                    let _ = service.models.set(Arc::new(models));
                     health.set_service_status("", ServingStatus::Serving).await;
                     health.set_service_status(SCREENING, ServingStatus::Serving).await;
                 }
@@ -240,8 +244,13 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
         served = server => served.map_err(|e| Error::Config(format!("gRPC server: {e}")))?,
         _ = streams_left => tracing::warn!("closing the streams still open (health watches)"),
     }
-    if let Some(workers) = service.workers.get().cloned() {
-        let idle = tokio::task::spawn_blocking(move || workers.wait_idle(WORKERS_STOP_TIME)).await.unwrap_or(false);
+    if let Some(models) = service.models.get().cloned() {
+        let idle = tokio::task::spawn_blocking(move || {
+            let until = std::time::Instant::now() + WORKERS_STOP_TIME;
+            models.all().all(|w| w.wait_idle(until.saturating_duration_since(std::time::Instant::now())))
+        })
+        .await
+        .unwrap_or(false);
         if !idle {
             tracing::warn!("a worker is still computing; exiting anyway");
         }
