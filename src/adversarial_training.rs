@@ -191,10 +191,10 @@ pub fn robust_accuracy(
     let data = data.take(images);
     let n = data.len() as i64;
     if n == 0 {
-        return Err(Error::Config("no images to measure robust accuracy on".into()));
+        return Err(Error::NoData("no images to measure robust accuracy on".into()));
     }
     let attack = Iterative::new(IterativeKind::PgdLinf, eps, steps, 2.5 * eps / steps as f64, true, seed)
-        .map_err(|e| Error::Config(format!("robust accuracy: {e}")))?;
+        .map_err(Error::attack("robust accuracy"))?;
     let classifier = ModelClassifier { model, gates: GateGradient::Surrogate, cancelled: &|| false };
     let (mut clean, mut robust) = (0i64, 0i64);
     for start in (0..n).step_by(250) {
@@ -207,7 +207,7 @@ pub fn robust_accuracy(
         clean += correct(&x);
         let adversarial = attack
             .perturb(&classifier, &x, &y, &Goal::Untargeted)
-            .map_err(|e| Error::Config(format!("robust accuracy: {e}")))?;
+            .map_err(Error::attack("robust accuracy"))?;
         robust += correct(&adversarial);
     }
     Ok(RobustAccuracy {

@@ -180,7 +180,7 @@ impl PathDetector {
     pub fn calibrate(&mut self, clean: &Representations, fpr: f64) -> Result<()> {
         let scores = self.score_representations(clean)?;
         self.threshold = detectors::threshold_at_fpr(scores.as_slice().expect("contiguous"), fpr)
-            .map_err(|e| Error::Config(format!("setting the threshold: {e}")))?;
+            .map_err(Error::detector("setting the threshold"))?;
         Ok(())
     }
 

@@ -124,7 +124,7 @@ pub fn fit_experts<'a>(
                 .filter(|a| !a.is_empty())
                 .ok_or_else(|| {
                     let attacks: Vec<&str> = blocks.iter().map(|b| b.name.as_str()).collect();
-                    Error::Config(format!(
+                    Error::NoData(format!(
                         "no attack fooled the model on the fitting images ({}), so the {name} expert has no adversarial rows to learn from; attack more images (--limit) or at a larger --eps",
                         attacks.join(", ")
                     ))
@@ -133,7 +133,7 @@ pub fn fit_experts<'a>(
             let classifier = LogisticDetectorParams::new(name)
                 .check()
                 .and_then(|p| p.fit(rows.view(), &labels))
-                .map_err(|e| Error::Config(format!("fitting the {name} expert: {e}")))?;
+                .map_err(Error::detector(format!("fitting the {name} expert")))?;
             Ok(PathExpert { name: name.into(), features, classifier, attacks: blocks.iter().map(|b| b.name.clone()).collect() })
         })
         .collect()
@@ -244,5 +244,5 @@ pub fn validate(detector: &PathDetector, val_clean: &Representations, val_adv: &
         &detector.score_representations(val_clean)?,
         &detector.score_representations(val_adv)?,
     );
-    DetectionMetrics::compute(&scores, &labels, detector.threshold).map_err(|e| Error::Config(format!("validating the detector: {e}")))
+    DetectionMetrics::compute(&scores, &labels, detector.threshold).map_err(Error::detector("validating the detector"))
 }

@@ -39,6 +39,33 @@ pub enum Error {
     /// libtorch reported an error.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// A detector (from the `detectors` crate) could not be fitted or scored.
+    #[error("{what}: {source}")]
+    Detector {
+        what: String,
+        #[source]
+        source: detectors::DetectorError,
+    },
+    /// An attack (from the `attacks` crate) could not be built or run.
+    #[error("{what}: {source}")]
+    Attack {
+        what: String,
+        #[source]
+        source: attacks::AttackError,
+    },
+    /// There is nothing to compute on: no images, or no attack that succeeded.
+    #[error("{0}")]
+    NoData(String),
+    /// The server or one of its workers failed while running.
+    #[error("serving: {0}")]
+    Service(String),
+    /// Loading one of a server's models failed.
+    #[error("model {name:?}: {source}")]
+    Model {
+        name: String,
+        #[source]
+        source: Box<Error>,
+    },
 }
 
 /// Result alias used across the crate.
@@ -47,5 +74,17 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
+    }
+
+    /// A `detectors` error, saying what was being done.
+    pub(crate) fn detector(what: impl Into<String>) -> impl FnOnce(detectors::DetectorError) -> Self {
+        let what = what.into();
+        move |source| Error::Detector { what, source }
+    }
+
+    /// An `attacks` error, saying what was being done.
+    pub(crate) fn attack(what: impl Into<String>) -> impl FnOnce(attacks::AttackError) -> Self {
+        let what = what.into();
+        move |source| Error::Attack { what, source }
     }
 }

@@ -366,7 +366,7 @@ fn selected_loss(terms: &LossTerms, mode: GateMode) -> &Tensor {
 /// this makes them match what evaluation computes.
 pub fn recalibrate_batchnorm(model: &DecoupledCnn, data: &Dataset, device: Device, batch_size: usize) -> Result<()> {
     if data.is_empty() {
-        return Err(Error::Config("cannot recalibrate BatchNorm on an empty data set".into()));
+        return Err(Error::NoData("cannot recalibrate BatchNorm on an empty data set".into()));
     }
     let n = data.len() as i64;
     let batch = batch_size.max(2) as i64;
@@ -436,7 +436,7 @@ pub fn evaluate(
     execution: Execution,
 ) -> Result<EvalReport> {
     if data.is_empty() {
-        return Err(Error::Config("cannot evaluate on an empty data set".into()));
+        return Err(Error::NoData("cannot evaluate on an empty data set".into()));
     }
     let config = model.config();
     let macs = config.conv_macs();

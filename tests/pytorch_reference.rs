@@ -61,13 +61,14 @@ fn pytorch_twin_matches_logits_and_paths_on_256_test_images() {
 }
 
 /// The twin follows the block list: a ResNet checkpoint (strided convs, gated inner convs,
-/// zero-padded shortcuts) with random BatchNorm statistics and gate biases, so that paths vary.
+/// zero-padded shortcuts, input standardised inside) with random BatchNorm statistics and gate
+/// biases, so that paths vary.
 #[test]
 fn pytorch_twin_matches_a_resnet_checkpoint() {
     let python = crate::attack_sets::python();
     let dir = tempfile::tempdir().unwrap();
     tch::manual_seed(11);
-    let config = pathguard::model::ModelConfig::resnet8();
+    let config = pathguard::model::ModelConfig { normalized_input: true, ..pathguard::model::ModelConfig::resnet8() };
     let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
     let mut checkpoint = Checkpoint::new(&config, &names, Device::Cpu).unwrap();
     tch::no_grad(|| {
@@ -77,6 +78,7 @@ fn pytorch_twin_matches_a_resnet_checkpoint() {
             }
         }
     });
+    checkpoint.model.set_input_statistics(&[0.4, 0.5, 0.6], &[0.2, 0.25, 0.3]).unwrap();
     let model_dir = dir.path().join("resnet");
     checkpoint.save(&model_dir).unwrap();
     let images = tch::Tensor::rand([8, 3, 32, 32], (tch::Kind::Float, Device::Cpu));

@@ -1,5 +1,6 @@
 //! A ResNet-style decoupled network on the user's own colour images, end to end as a new user
-//! would run it: `train --arch resnet8` on a 32x32 RGB image folder of PNG and JPEG files,
+//! would run it: `train --arch resnet8 --normalize-input` on a 32x32 RGB image folder of PNG
+//! and JPEG files,
 //! `fit-detector`, `serve` with no flag beyond `--model`, then screening over gRPC (encoded
 //! PNG and JPEG, and `pathguard screen --server`) and the Open Inference Protocol over REST.
 
@@ -50,7 +51,7 @@ async fn a_resnet_trains_on_an_rgb_folder_fits_its_detector_and_serves_grpc_and_
     assert!(mix_in_jpegs(&data) >= 60);
     let model = dir.path().join("model");
     let train = pathguard(
-        &["train", "--arch", "resnet8", "--epochs", "4", "--batch-size", "16", "--device", "cpu", "--out"],
+        &["train", "--arch", "resnet8", "--normalize-input", "--epochs", "4", "--batch-size", "16", "--device", "cpu", "--out"],
         &[&model, Path::new("--data"), &data],
     );
     assert!(train.status.success(), "{}", String::from_utf8_lossy(&train.stderr));
@@ -58,6 +59,7 @@ async fn a_resnet_trains_on_an_rgb_folder_fits_its_detector_and_serves_grpc_and_
     let layers = config["architecture"]["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 7);
     assert_eq!((layers[2]["residual_from"].as_u64(), layers[3]["stride"].as_i64()), (Some(1), Some(2)));
+    assert_eq!(config["architecture"]["normalized_input"], true);
 
     // The detector, on attacks strong enough to fool a model of this easy task.
     let fit = pathguard(
@@ -75,6 +77,7 @@ async fn a_resnet_trains_on_an_rgb_folder_fits_its_detector_and_serves_grpc_and_
     assert_eq!(info.input_shape, vec![3, 32, 32]);
     assert_eq!(info.class_names, ["blue", "green", "red"]);
     assert_eq!(info.gated_layers.len(), 6);
+    assert!(info.pixel_convention.contains("standardised per channel inside the model"), "{}", info.pixel_convention);
 
     // gRPC: the test split's PNG and JPEG files as they are.
     let mut files: Vec<(PathBuf, usize)> = Vec::new();

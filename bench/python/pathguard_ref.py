@@ -109,10 +109,22 @@ class DecoupledCNN(nn.Module):
             c_in = layer["out_channels"]
         self.blocks = nn.ModuleList(blocks)
         self.classifier = nn.Linear(c_in, architecture["num_classes"])
+        # Per-channel input standardisation, its statistics in the checkpoint (input_norm.*).
+        self.input_norm = None
+        if architecture.get("normalized_input"):
+            self.input_norm = nn.Module()
+            channels = architecture["in_channels"]
+            self.input_norm.register_buffer("mean", torch.zeros(channels))
+            self.input_norm.register_buffer("std", torch.ones(channels))
+
+    def standardise(self, x):
+        if self.input_norm is None:
+            return x
+        return (x - self.input_norm.mean[None, :, None, None]) / self.input_norm.std[None, :, None, None]
 
     def forward(self, x, hard=True):
         """Logits and the path (gates of each gated layer). Eval-mode gates are 1[logit > 0]."""
-        gates, h, inputs = [], x, []
+        gates, h, inputs = [], self.standardise(x), []
         for block in self.blocks:
             inputs.append(h)
             out = block.bn(block.conv(h))
@@ -132,7 +144,7 @@ class DecoupledCNN(nn.Module):
         """The pass the losses need: logits, gates, pooled pre-gate outputs and MI-head logits
         per gated layer. Training uses semantic-hashing gates (and, in train(), batch-statistics
         BatchNorm); `gate=hard_gates` on an eval() model is deterministic, for tests."""
-        gates, pooled, mi_logits, h, inputs = [], [], [], x, []
+        gates, pooled, mi_logits, h, inputs = [], [], [], self.standardise(x), []
         for block in self.blocks:
             inputs.append(h)
             out = block.bn(block.conv(h))

@@ -71,6 +71,10 @@ pub struct TrainArgs {
     /// Override the preset's filter counts, one per conv layer (e.g. 32,32,64,64,128,128)
     #[arg(long, value_delimiter = ',')]
     widths: Option<Vec<i64>>,
+    /// Standardise the input inside the network, per channel, by the training images' mean
+    /// and standard deviation (kept in the checkpoint; callers still give [0, 1] pixels)
+    #[arg(long, conflicts_with = "init")]
+    normalize_input: bool,
     /// Start from this checkpoint's weights (and architecture) instead of a fresh network
     #[arg(long, conflicts_with_all = ["preset", "widths"])]
     init: Option<PathBuf>,
@@ -203,8 +207,14 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
                 }
                 None => {
                     let names: Vec<&str> = train_set.class_names.iter().map(String::as_str).collect();
+                    config.normalized_input = args.normalize_input;
                     let mut fresh = Checkpoint::new(&config, &names, device)?;
                     fresh.meta.resize = args.data.resize.unwrap_or_default();
+                    if args.normalize_input {
+                        let (mean, std) = channel_statistics(&train_set.images)?;
+                        eprintln!("input standardised per channel: mean {mean:.3?}, std {std:.3?}");
+                        fresh.model.set_input_statistics(&mean, &std)?;
+                    }
                     (fresh, None)
                 }
             };
@@ -299,4 +309,12 @@ fn print_epoch(m: &EpochMetrics) {
         m.train_accuracy, m.test.accuracy, open.join(" "), m.test.mean_open_fraction,
         m.test.mean_flops_fraction, m.seconds, m.train_images_per_second
     );
+}
+
+/// Per-channel mean and standard deviation of `images` `[N, C, H, W]`.
+fn channel_statistics(images: &tch::Tensor) -> Result<(Vec<f32>, Vec<f32>)> {
+    let dims = [0i64, 2, 3];
+    let mean = images.mean_dim(dims.as_slice(), false, tch::Kind::Float);
+    let std = images.std_dim(dims.as_slice(), false, false).clamp_min(1e-3);
+    Ok((Vec::<f32>::try_from(mean)?, Vec::<f32>::try_from(std)?))
 }

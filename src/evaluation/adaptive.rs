@@ -192,7 +192,7 @@ impl<'a> Evaluator<'a> {
     /// The guarded model and the twin of `inputs.detector`, with the clean verdicts.
     fn new(inputs: &'a AdaptiveInputs<'a>, options: &'a AdaptiveOptions) -> Result<Self> {
         if inputs.test.is_empty() {
-            return Err(Error::Config("no images to attack".into()));
+            return Err(Error::NoData("no images to attack".into()));
         }
         let guarded = GuardedModel::new(inputs.model, inputs.detector, inputs.device)
             .with_reference_paths(&inputs.references.images.to_device(inputs.device), &inputs.references.labels.to_device(inputs.device))?;
@@ -386,7 +386,7 @@ impl<'a> Evaluator<'a> {
                 &ndarray::Array1::from_vec(self.clean_scores.clone()),
                 &ndarray::Array1::from_vec(misclassified.clone()),
             );
-            Some(detectors::roc_auc(&scores, &labels).map_err(|e| Error::Config(format!("AUROC of {name}: {e}")))?)
+            Some(detectors::roc_auc(&scores, &labels).map_err(Error::detector(format!("AUROC of {name}")))?)
         };
         let delta = images - &self.inputs.test.images;
         let norms = match ball {
@@ -407,7 +407,7 @@ impl<'a> Evaluator<'a> {
 }
 
 fn attack_error(e: attacks::AttackError) -> Error {
-    Error::Config(format!("adaptive attack: {e}"))
+    Error::attack("adaptive attack")(e)
 }
 
 /// Per image, the better of two candidates: evading beats not evading, then misclassified

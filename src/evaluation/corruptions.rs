@@ -109,7 +109,7 @@ impl Pool {
 fn auroc(positive: &[f64], negative: &[f64]) -> Result<f64> {
     let scores: Vec<f64> = negative.iter().chain(positive).copied().collect();
     let labels: Vec<bool> = negative.iter().map(|_| false).chain(positive.iter().map(|_| true)).collect();
-    detectors::roc_auc(&scores, &labels).map_err(|e| Error::Config(format!("AUROC: {e}")))
+    detectors::roc_auc(&scores, &labels).map_err(Error::detector("AUROC"))
 }
 
 /// Every corruption at every severity on `data`; PGD (eps 0.1, `pgd_steps`) on all of `data`
@@ -124,7 +124,7 @@ pub fn corruption_report(
 ) -> Result<CorruptionReport> {
     let started = Instant::now();
     if data.is_empty() {
-        return Err(Error::Config("no images to corrupt".into()));
+        return Err(Error::NoData("no images to corrupt".into()));
     }
     let clean = verdicts(screener, &data.images, &data.labels, 256)?;
     let pgd_params = AttackParams { steps: Some(pgd_steps), random_start: true, seed, ..AttackParams::new("pgd", 0.1) };

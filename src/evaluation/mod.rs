@@ -93,7 +93,7 @@ pub fn labelled_scores(clean: &Array1<f64>, adversarial: &Array1<f64>) -> (Vec<f
 
 fn metrics(detector: &str, attack: &str, clean: &Array1<f64>, adversarial: &Array1<f64>) -> Result<DetectionResult> {
     let (scores, labels) = labelled_scores(clean, adversarial);
-    let wrap = |e: detectors::DetectorError| Error::Config(format!("{detector} on {attack}: {e}"));
+    let wrap = |e: detectors::DetectorError| Error::detector(format!("{detector} on {attack}"))(e);
     Ok(DetectionResult {
         detector: detector.into(),
         attack: attack.into(),
@@ -119,7 +119,7 @@ pub fn evaluate(inputs: &EvaluationInputs, options: &EvaluateOptions) -> Result<
     let train_clean = train.clean();
     let train_adversarial = train.adversarial("").expect("seen attacks exist");
     if train_adversarial.is_empty() {
-        return Err(Error::Config("no training attack fooled the model; nothing to fit on".into()));
+        return Err(Error::NoData("no training attack fooled the model; nothing to fit on".into()));
     }
     eprintln!("fitting detectors on {} clean and {} adversarial rows", train_clean.len(), train_adversarial.len());
     let fit_ours = |blocks: Vec<&AttackBlock>| -> Result<PathDetector> {
@@ -187,7 +187,7 @@ pub fn evaluate(inputs: &EvaluationInputs, options: &EvaluateOptions) -> Result<
             let result = metrics(name, &block.name, clean, adversarial)?;
             if draw {
                 let (scores, labels) = labelled_scores(clean, adversarial);
-                let curve = detectors::roc_curve(&scores, &labels).map_err(|e| Error::Config(e.to_string()))?;
+                let curve = detectors::roc_curve(&scores, &labels).map_err(Error::detector("ROC curve"))?;
                 roc_curves.push((name.to_string(), result.auroc, curve));
             }
             report.results.push(result);

@@ -48,7 +48,7 @@ impl LidDetector {
         let mut out = Array2::zeros((reps.len(), layers.len()));
         for (j, (rows, reference)) in layers.iter().zip(reference).enumerate() {
             let lid = lid_estimates(rows.view(), reference.view(), &LidParams { k: LID_NEIGHBOURS })
-                .map_err(|e| Error::Config(format!("LID: {e}")))?;
+                .map_err(Error::detector("LID"))?;
             out.column_mut(j).assign(&lid);
         }
         Ok(out)
@@ -66,7 +66,7 @@ impl LidDetector {
 
     fn score(&self, reps: &Representations) -> Result<Array1<f64>> {
         let rows = Self::estimates(&self.reference, reps)?;
-        self.classifier.score(rows.view()).map_err(|e| Error::Config(format!("LID: {e}")))
+        self.classifier.score(rows.view()).map_err(Error::detector("LID"))
     }
 }
 
@@ -74,7 +74,7 @@ fn fit_logistic(name: &str, rows: &Array2<f64>, labels: &[bool]) -> Result<Logis
     LogisticDetectorParams::new(name)
         .check()
         .and_then(|p| p.fit(rows.view(), labels))
-        .map_err(|e| Error::Config(format!("fitting {name}: {e}")))
+        .map_err(Error::detector(format!("fitting {name}")))
 }
 
 /// Which columns of the representations a logistic detector reads.
@@ -107,7 +107,7 @@ impl ViewDetector {
     }
 
     pub fn score(&self, reps: &Representations) -> Result<Array1<f64>> {
-        self.classifier.score(self.view.rows(reps).view()).map_err(|e| Error::Config(e.to_string()))
+        self.classifier.score(self.view.rows(reps).view()).map_err(Error::detector("scoring"))
     }
 }
 
@@ -135,7 +135,7 @@ impl DetectorSuite {
         let classes = clean.probabilities.ncols();
         let mahalanobis = MahalanobisParams::new(classes)
             .fit(clean.penultimate.view(), &labels)
-            .map_err(|e| Error::Config(format!("fitting {MAHALANOBIS}: {e}")))?;
+            .map_err(Error::detector(format!("fitting {MAHALANOBIS}")))?;
         Ok(DetectorSuite {
             ours,
             shipped,
@@ -158,7 +158,7 @@ impl DetectorSuite {
 
     /// Scores of every detector on `reps`, in [`Self::names`] order.
     pub fn score(&self, reps: &Representations) -> Result<Vec<(&'static str, Array1<f64>)>> {
-        let wrap = |name: &str, e: detectors::DetectorError| Error::Config(format!("{name}: {e}"));
+        let wrap = |name: &str, e: detectors::DetectorError| Error::detector(name)(e);
         let experts = self.ours.expert_scores(reps)?;
         let mut scores = vec![(OURS, crate::detector::noisy_or(&experts))];
         if let Some(shipped) = &self.shipped {

@@ -75,6 +75,12 @@ pub struct ModelConfig {
     pub layers: Vec<ConvLayer>,
     /// FC1 of each controlling module maps C_in -> C_in / reduction (the reference's T = 4).
     pub acm_reduction: i64,
+    /// Whether the network standardises its input per channel, `(x - mean) / std`, with
+    /// statistics of its training images kept as untrained variables `input_norm.{mean,std}`
+    /// (in the weights file, so the model hash covers them): callers, attacks and the service
+    /// keep giving [0, 1] pixels.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub normalized_input: bool,
 }
 
 impl ModelConfig {
@@ -97,6 +103,7 @@ impl ModelConfig {
                 layer(192, true, false),
             ],
             acm_reduction: 4,
+            normalized_input: false,
         }
     }
 
@@ -120,7 +127,7 @@ impl ModelConfig {
                 }
             }
         }
-        let config = ModelConfig { in_channels, image_size, num_classes, layers, acm_reduction: 4 };
+        let config = ModelConfig { in_channels, image_size, num_classes, layers, acm_reduction: 4, normalized_input: false };
         config.validate()?;
         Ok(config)
     }

@@ -77,6 +77,9 @@ impl ForwardOutput {
 #[derive(Debug)]
 pub struct DecoupledCnn {
     config: ModelConfig,
+    /// Per-channel mean and standard deviation the input is standardised with, when the
+    /// config says so (`[C]` each).
+    pub(super) input_norm: Option<(Tensor, Tensor)>,
     pub(super) blocks: Vec<ConvBlock>,
     pub(super) classifier: nn::Linear,
 }
@@ -105,7 +108,39 @@ impl DecoupledCnn {
             c_in = layer.out_channels;
         }
         let classifier = nn::linear(p / "classifier", c_in, config.num_classes, Default::default());
-        Ok(DecoupledCnn { config: config.clone(), blocks, classifier })
+        let input_norm = config.normalized_input.then(|| {
+            let np = p / "input_norm";
+            (np.zeros_no_train("mean", &[config.in_channels]), np.ones_no_train("std", &[config.in_channels]))
+        });
+        Ok(DecoupledCnn { config: config.clone(), input_norm, blocks, classifier })
+    }
+
+    /// Sets the input standardisation (a model built with `normalized_input`): per channel,
+    /// the mean and standard deviation of the training images.
+    pub fn set_input_statistics(&self, mean: &[f32], std: &[f32]) -> Result<()> {
+        let Some((m, s)) = &self.input_norm else {
+            return Err(Error::Config("this model does not standardise its input (normalized_input is off)".into()));
+        };
+        let channels = self.config.in_channels as usize;
+        if mean.len() != channels || std.len() != channels || std.iter().any(|&v| !(v > 0.0 && v.is_finite())) {
+            return Err(Error::Config(format!("input statistics: {channels} means and positive deviations needed, got {mean:?} / {std:?}")));
+        }
+        tch::no_grad(|| {
+            m.shallow_clone().copy_(&Tensor::from_slice(mean).to_device(m.device()));
+            s.shallow_clone().copy_(&Tensor::from_slice(std).to_device(s.device()));
+        });
+        Ok(())
+    }
+
+    /// `x` standardised as the model's first layer sees it (unchanged without `input_norm`).
+    pub(super) fn standardise(&self, x: &Tensor) -> Tensor {
+        match &self.input_norm {
+            Some((mean, std)) => {
+                let c = self.config.in_channels;
+                (x - mean.view([1, c, 1, 1])) / std.view([1, c, 1, 1])
+            }
+            None => x.shallow_clone(),
+        }
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -143,7 +178,7 @@ impl DecoupledCnn {
     /// The forward pass, with the heads `heads` asks for (see [`Heads`]).
     fn forward(&self, x: &Tensor, mode: GateMode, heads: Heads) -> ForwardOutput {
         let train = mode.is_training();
-        let mut h = x.shallow_clone();
+        let mut h = self.standardise(x);
         let mut gates = Vec::new();
         let mut pooled_outputs = Vec::new();
         let mut mi_logits = Vec::new();

@@ -51,6 +51,8 @@ struct Control {
 /// The eval-mode network prepared for gated execution (its own copies of the folded weights).
 #[derive(Debug)]
 pub struct GatedNetwork {
+    /// The input standardisation `(mean, std)`, `[1, C, 1, 1]` each, if the model has one.
+    input_norm: Option<(Tensor, Tensor)>,
     layers: Vec<FoldedLayer>,
     classifier_weight: Tensor,
     classifier_bias: Tensor,
@@ -106,7 +108,10 @@ impl GatedNetwork {
                 residual_from: block.residual_from,
             });
         }
+        let channels = model.config().in_channels;
+        let input_norm = model.input_norm.as_ref().map(|(m, s)| (m.detach().view([1, channels, 1, 1]), s.detach().view([1, channels, 1, 1])));
         Ok(GatedNetwork {
+            input_norm,
             layers,
             classifier_weight: model.classifier.ws.detach(),
             classifier_bias: required(&model.classifier.bs, "classifier biases").detach(),
@@ -125,7 +130,10 @@ impl GatedNetwork {
             let t = Tensor::from_slice(values).view(shape);
             if device == Device::Cpu { t } else { t.to_device(device) }
         };
-        let mut h = x.shallow_clone();
+        let mut h = match &self.input_norm {
+            Some((mean, std)) => (x - mean) / std,
+            None => x.shallow_clone(),
+        };
         // Which of the layer input's channels `h` holds, in order; None = all of them.
         let mut present: Option<Vec<usize>> = None;
         let (mut gates, mut gate_logits, mut mi_logits) = (Vec::new(), Vec::new(), Vec::new());
@@ -337,13 +345,15 @@ mod tests {
         }
     }
 
-    /// The same on a ResNet: strided convs, gated inner convs, shortcuts that zero-pad.
+    /// The same on a ResNet: strided convs, gated inner convs, shortcuts that zero-pad, input
+    /// standardised inside the model.
     #[test]
     fn gated_passes_equal_the_dense_pass_on_a_resnet() {
         tch::manual_seed(3);
         let vs = nn::VarStore::new(Device::Cpu);
-        let config = ModelConfig::resnet(&[4, 8], 1).unwrap();
+        let config = ModelConfig { normalized_input: true, ..ModelConfig::resnet(&[4, 8], 1).unwrap() };
         let model = DecoupledCnn::new(&vs.root(), &config).unwrap();
+        model.set_input_statistics(&[0.5, 0.4, 0.3], &[0.2, 0.3, 0.25]).unwrap();
         // Random BatchNorm statistics and gate biases, so that some gates close.
         tch::no_grad(|| {
             for (name, mut t) in vs.variables() {

@@ -132,7 +132,7 @@ impl Backend {
     pub async fn connect(url: &str, max_message_bytes: usize, model: &str) -> Result<Self> {
         let client = ScreeningClient::connect(url.to_string())
             .await
-            .map_err(|e| Error::Config(format!("cannot connect to {url}: {e}")))?
+            .map_err(|e| Error::Service(format!("cannot connect to {url}: {e}")))?
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes);
         Ok(Backend::Remote(client, model.to_string()))

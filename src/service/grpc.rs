@@ -368,8 +368,12 @@ impl Screening for ScreeningService {
                 class_names: info.class_names.clone(),
                 input_shape: info.input.image_shape().to_vec(),
                 pixel_convention: format!(
-                    "{}, float32 in [0, 1] (0 = black) or uint8 in [0, 255], NCHW; no normalisation",
-                    info.input.describe()
+                    "{}, float32 in [0, 1] (0 = black) or uint8 in [0, 255], NCHW; {}",
+                    info.input.describe(),
+                    match info.normalized_input {
+                        true => "standardised per channel inside the model (send raw pixels)",
+                        false => "no normalisation",
+                    }
                 ),
                 resize: info.input.resize.name().into(),
                 gated_layers: info

@@ -124,14 +124,14 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
                 let mut loaded = Vec::new();
                 for spec in &options.models {
                     let workers = Workers::start(&spec.dir, options.device, options.execution, options.limits.clone(), metrics.clone())
-                        .map_err(|e| Error::Config(format!("model {:?} ({}): {e}", spec.name, spec.dir.display())))?;
+                        .map_err(|e| Error::Model { name: spec.name.clone(), source: Box::new(e) })?;
                     tracing::info!(name = %spec.name, model = %workers.info.model_hash, device = %workers.info.device, "model and detector loaded");
                     loaded.push((spec.name.clone(), workers));
                 }
                 Ok(Models::new(loaded))
             })
             .await
-            .unwrap_or_else(|e| Err(Error::Config(format!("loading the models panicked: {e}"))));
+            .unwrap_or_else(|e| Err(Error::Service(format!("loading the models panicked: {e}"))));
             match loaded {
                 Ok(models) => {
                     tracing::info!(models = ?models.names(), seconds = started.elapsed().as_secs_f64(), "serving");
@@ -150,12 +150,12 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
         .register_encoded_file_descriptor_set(super::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+        .map_err(|e| Error::Service(format!("reflection: {e}")))?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(super::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
-        .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+        .map_err(|e| Error::Service(format!("reflection: {e}")))?;
     let max_bytes = options.limits.max_message_bytes;
     let screening = ScreeningServer::new(service.clone())
         .max_decoding_message_size(max_bytes)
@@ -241,7 +241,7 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
         tokio::time::sleep(FLUSH_TIME).await;
     };
     tokio::select! {
-        served = server => served.map_err(|e| Error::Config(format!("gRPC server: {e}")))?,
+        served = server => served.map_err(|e| Error::Service(format!("gRPC server: {e}")))?,
         _ = streams_left => tracing::warn!("closing the streams still open (health watches)"),
     }
     if let Some(models) = service.models.get().cloned() {

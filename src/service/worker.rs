@@ -41,6 +41,8 @@ pub struct ModelInfo {
     pub training: String,
     /// What the model takes (shape, resize rule): requests are decoded and checked for it.
     pub input: crate::data::InputSpec,
+    /// Whether the model standardises its input inside (callers give [0, 1] pixels either way).
+    pub normalized_input: bool,
 }
 
 struct ScreenJob {
@@ -225,8 +227,8 @@ fn spawn_worker(
                 let _ = ready.send(Err(e));
             }
         })
-        .map_err(|e| crate::Error::Config(format!("starting worker thread {name}: {e}")))?;
-    loaded.recv().map_err(|_| crate::Error::Config(format!("worker {name} died while loading")))?
+        .map_err(|e| crate::Error::Service(format!("starting worker thread {name}: {e}")))?;
+    loaded.recv().map_err(|_| crate::Error::Service(format!("worker {name} died while loading")))?
 }
 
 fn model_info(s: &Screener) -> ModelInfo {
@@ -235,6 +237,7 @@ fn model_info(s: &Screener) -> ModelInfo {
         model_hash: s.checkpoint.model_hash().to_string(),
         class_names: s.class_names().to_vec(),
         input: s.checkpoint.input_spec(),
+        normalized_input: s.checkpoint.model.config().normalized_input,
         gate_sizes: s.gate_sizes(),
         threshold: s.detector.threshold(),
         detector_kind: format!(
