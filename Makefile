@@ -46,7 +46,7 @@ ROBUST_DETECTOR_ARGS := --limit 1000 --eps 0.05,0.1,0.2 --methods fgsm,pgd,pgd-e
 ROBUST_ARGS := --init models/default --epochs 8 --hard-gate-epochs 1 --lr 1e-3 --adversarial n-fgsm \
   --adv-eps 0.1 --adv-eps-warmup-epochs 2 --adv-eval-images 500 --seed 0
 
-.PHONY: help setup data torch fonts browser build bench test serve eval default-model detector distribution evaluate adaptive-report robust-model robust-report corruption-report benign-detector emoji-data emoji-model emoji-resnet soak clean-venv
+.PHONY: help setup data torch fonts browser build bench test serve eval default-model detector distribution evaluate adaptive-report robust-model robust-report corruption-report benign-detector emoji-data emoji-model emoji-resnet compaction-curve soak clean-venv
 
 help:
 	@echo "make serve          set up, build, and start pathguard on models/default"
@@ -61,6 +61,7 @@ help:
 	@echo "make emoji-data     build data/emoji, a colour image folder from two npm emoji packages (about 2 min)"
 	@echo "make emoji-model    train, fit and evaluate a model on data/emoji (about 50 min on 2 cores; resumable)"
 	@echo "make emoji-resnet   the same with the ResNet-20 preset (models/emoji-resnet, reports/emoji-resnet)"
+	@echo "make compaction-curve  group-sparsity fine-tunes and their compaction (reports/compaction-curve, about 15 min)"
 	@echo "make corruption-report  benign corruptions against the shipped and the corruption-aware detector (about 15 min)"
 	@echo "make benign-detector  fit models/default/detector-benign.json with mildly corrupted images as clean (about 30 min)"
 	@echo "make bench          throughput of the shipped model and of attacks"
@@ -219,6 +220,10 @@ corruption-report: build
 benign-detector: build
 	$(BIN) fit-detector --model models/default $(DETECTOR_ARGS) --benign-corruptions \
 	  --out models/default/detector-benign.json
+
+# Group-sparsity fine-tunes of models/default and their compaction (issue 17; about 15 min).
+compaction-curve: build
+	scripts/compaction_curve.sh
 
 # The hostile-input soak of BENCHMARKS.md (about 12 minutes; SOAK_S=seconds to change).
 soak: build

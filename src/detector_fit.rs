@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use detectors::{DetectionMetrics, LogisticDetectorParams};
-use ndarray::{concatenate, Array2, Axis};
+use ndarray::{concatenate, Array1, Array2, Axis};
 use tch::{Device, Tensor};
 
 use crate::attack_material::{describe_attack, AttackBlock, AttackMaterial, MaterialOptions, PlannedAttack};
@@ -76,6 +76,13 @@ pub fn fit_templates(model: &DecoupledCnn, device: Device, data: &Dataset, batch
         config.num_classes,
         &config.gate_sizes(),
     ))
+}
+
+/// Clean scores then adversarial scores, with their labels (`true` = adversarial).
+pub fn labelled_scores(clean: &Array1<f64>, adversarial: &Array1<f64>) -> (Vec<f64>, Vec<bool>) {
+    let scores: Vec<f64> = clean.iter().chain(adversarial.iter()).copied().collect();
+    let labels: Vec<bool> = (0..scores.len()).map(|i| i >= clean.len()).collect();
+    (scores, labels)
 }
 
 /// Clean rows then adversarial rows, with their labels (`true` = adversarial).
@@ -240,7 +247,7 @@ pub fn validate(detector: &PathDetector, val_clean: &Representations, val_adv: &
             "cannot validate the detector on the held-out images: {missing}; fit on more images (--limit) or a larger --validation-fraction"
         )));
     }
-    let (scores, labels) = crate::evaluation::labelled_scores(
+    let (scores, labels) = labelled_scores(
         &detector.score_representations(val_clean)?,
         &detector.score_representations(val_adv)?,
     );

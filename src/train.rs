@@ -78,6 +78,7 @@ impl Default for TrainOptions {
                 alignment: 1.0,
                 sparsity: 2e-3,
                 target_density: 0.5,
+                group_sparsity: 0.0,
             },
             augment: true,
             hard_gate_epochs: 0,

@@ -54,6 +54,10 @@ pub struct TrainArgs {
     /// Target open fraction of the sparsity term (0 = plain L1)
     #[arg(long, default_value_t = TrainOptions::default().loss.target_density)]
     target_density: f64,
+    /// Weight of the group-sparsity term (per filter, the root mean square of its gate over the
+    /// batch): concentrates filter use so that whole filters fall idle and compaction removes them
+    #[arg(long, default_value_t = 0.0)]
+    lambda_group: f64,
     /// Last epochs with noise-free hard gates (counted within --epochs)
     #[arg(long, default_value_t = TrainOptions::default().hard_gate_epochs)]
     hard_gate_epochs: usize,
@@ -172,6 +176,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
             alignment: args.lambda_kl,
             sparsity: args.lambda_sparsity,
             target_density: args.target_density,
+            group_sparsity: args.lambda_group,
         },
         augment: !args.no_augment,
         hard_gate_epochs: args.hard_gate_epochs,

@@ -84,12 +84,7 @@ pub fn standard_attacks(eps: &[f64], pgd_steps: usize, l2_eps: f64, slow_limit: 
     (seen, unseen)
 }
 
-/// Clean scores then adversarial scores, with their labels (`true` = adversarial).
-pub fn labelled_scores(clean: &Array1<f64>, adversarial: &Array1<f64>) -> (Vec<f64>, Vec<bool>) {
-    let scores: Vec<f64> = clean.iter().chain(adversarial.iter()).copied().collect();
-    let labels: Vec<bool> = (0..scores.len()).map(|i| i >= clean.len()).collect();
-    (scores, labels)
-}
+pub use crate::detector_fit::labelled_scores;
 
 fn metrics(detector: &str, attack: &str, clean: &Array1<f64>, adversarial: &Array1<f64>) -> Result<DetectionResult> {
     let (scores, labels) = labelled_scores(clean, adversarial);

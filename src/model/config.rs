@@ -311,12 +311,20 @@ pub struct LossWeights {
     pub sparsity: f64,
     /// Target open fraction of the sparsity term (0 = plain L1 push towards closing).
     pub target_density: f64,
+    /// lambda_g: weight of the group-sparsity term on each filter's use across the batch,
+    /// which makes whole filters idle for every input (so compaction can remove them).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub group_sparsity: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 impl LossWeights {
     /// The reference implementation's CIFAR-10 VGG weights.
     pub fn reference() -> Self {
-        LossWeights { mutual_information: 0.04, alignment: 1.0, sparsity: 2e-4, target_density: 0.0 }
+        LossWeights { mutual_information: 0.04, alignment: 1.0, sparsity: 2e-4, target_density: 0.0, group_sparsity: 0.0 }
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -324,6 +332,7 @@ impl LossWeights {
             ("mutual_information", self.mutual_information),
             ("alignment", self.alignment),
             ("sparsity", self.sparsity),
+            ("group_sparsity", self.group_sparsity),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(Error::Config(format!("loss weight {name} must be >= 0, got {v}")));

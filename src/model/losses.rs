@@ -1,4 +1,5 @@
-//! The decoupling losses: L = CE + lambda_m * L_MI + lambda_k * L_KL + lambda_s * L_S.
+//! The decoupling losses: L = CE + lambda_m * L_MI + lambda_k * L_KL + lambda_s * L_S, and the
+//! optional group-sparsity term lambda_g * L_G for compaction.
 
 use tch::{Kind, Reduction, Tensor};
 
@@ -12,6 +13,7 @@ pub struct LossTerms {
     pub mutual_information: Tensor,
     pub alignment: Tensor,
     pub sparsity: Tensor,
+    pub group_sparsity: Tensor,
     pub total: Tensor,
 }
 
@@ -42,17 +44,30 @@ pub fn sparsity_loss(gates: &[Tensor], target_density: f64) -> Tensor {
     }))
 }
 
+/// L_G = sum over gated layers of the mean over filters of sqrt(mean over batch of z^2): an
+/// L2,1 (group-lasso) norm whose groups are the filters, so it drives a filter's gate to zero
+/// for every input at once rather than input by input as L_S does. A filter closed for all
+/// inputs costs nothing at inference and is removed by compaction.
+pub fn group_sparsity_loss(gates: &[Tensor]) -> Tensor {
+    sum_terms(gates.iter().map(|z| {
+        let usage = (z.square().mean_dim([0i64].as_slice(), false, Kind::Float) + 1e-12).sqrt();
+        usage.mean(Kind::Float)
+    }))
+}
+
 /// All terms for one forward pass.
 pub fn decoupling_loss(out: &ForwardOutput, labels: &Tensor, w: &LossWeights) -> LossTerms {
     let cross_entropy = out.logits.cross_entropy_for_logits(labels);
     let mutual_information = mutual_information_loss(&out.mi_logits, labels);
     let alignment = alignment_loss(&out.gates, &out.pooled_outputs);
     let sparsity = sparsity_loss(&out.gates, w.target_density);
+    let group_sparsity = if w.group_sparsity > 0.0 { group_sparsity_loss(&out.gates) } else { Tensor::from(0f32) };
     let total = &cross_entropy
         + &mutual_information * w.mutual_information
         + &alignment * w.alignment
-        + &sparsity * w.sparsity;
-    LossTerms { cross_entropy, mutual_information, alignment, sparsity, total }
+        + &sparsity * w.sparsity
+        + &group_sparsity * w.group_sparsity;
+    LossTerms { cross_entropy, mutual_information, alignment, sparsity, group_sparsity, total }
 }
 
 fn sum_terms(terms: impl Iterator<Item = Tensor>) -> Tensor {
@@ -79,6 +94,18 @@ mod tests {
         assert!(close(&sparsity_loss(&[a.shallow_clone(), b.shallow_clone()], 0.0), 3.0));
         // Target 0.25: |2 - 1| + |1 - 0.5| = 1.5
         assert!(close(&sparsity_loss(&[a, b], 0.25), 1.5));
+    }
+
+    #[test]
+    fn group_sparsity_counts_filters_not_inputs() {
+        // Two inputs; the same number of open gates (2 of 4 each), once on the same filters
+        // and once on different ones: L_S sees no difference, L_G prefers the shared filters.
+        let shared = t(&[1., 1., 0., 0., 1., 1., 0., 0.], &[2, 4]);
+        let spread = t(&[1., 1., 0., 0., 0., 0., 1., 1.], &[2, 4]);
+        assert!(close(&sparsity_loss(&[shared.shallow_clone()], 0.0), 2.0));
+        assert!(close(&sparsity_loss(&[spread.shallow_clone()], 0.0), 2.0));
+        assert!(close(&group_sparsity_loss(&[shared]), 0.5));
+        assert!(close(&group_sparsity_loss(&[spread]), 0.5f64.sqrt()));
     }
 
     #[test]
