@@ -11,7 +11,7 @@ fn train_then_eval_a_tiny_model() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("tiny");
     let run = pathguard()
-        .args(["train", "--preset", "tiny", "--limit", "512", "--test-limit", "256", "--epochs", "2"])
+        .args(["train", "--preset", "tiny", "--limit", "512", "--test-limit", "256", "--epochs", "2", "--lambda-group", "0.1"])
         .args(["--device", "cpu", "--out"])
         .arg(&out)
         .output()
@@ -22,6 +22,9 @@ fn train_then_eval_a_tiny_model() {
     for word in ["epoch  1", "epoch  2", "ce ", "mi ", "kl ", "sparsity ", "train acc", "test acc", "open ["] {
         assert!(stdout.contains(word), "missing {word:?} in:\n{stdout}");
     }
+    // The group-sparsity weight is part of the training record.
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["training"]["options"]["loss"]["group_sparsity"], 0.1);
     let eval = pathguard()
         .args(["eval", "--device", "cpu", "--limit", "300", "--json", "--model"])
         .arg(&out)
