@@ -274,9 +274,14 @@ impl ModelConfig {
         !self.layers[i].gated || self.layers[i].residual_from.is_some()
     }
 
+    /// Whether a residual block starts at conv layer `i` (its input is that block's shortcut).
+    pub fn starts_residual_block(&self, i: usize) -> bool {
+        self.layers.iter().any(|l| l.residual_from == Some(i))
+    }
+
     /// Whether conv layer `i`'s output is some residual block's input (its shortcut).
     pub fn feeds_a_shortcut(&self, i: usize) -> bool {
-        self.layers.iter().any(|l| l.residual_from == Some(i + 1))
+        self.starts_residual_block(i + 1)
     }
 
     /// Multiply-accumulates of each ungated conv layer for one input (3x3 kernels, same padding).

@@ -17,6 +17,8 @@ pub(super) struct ConvBlock {
     pub(super) stride: i64,
     /// The conv layer whose input this layer adds (it closes that residual block).
     pub(super) residual_from: Option<usize>,
+    /// Whether a residual block starts here (the forward pass keeps this layer's input).
+    pub(super) starts_block: bool,
 }
 
 /// ResNet's parameter-free shortcut ("option A"): the block input subsampled to the output's
@@ -104,7 +106,7 @@ impl DecoupledCnn {
                     config.num_classes,
                 )
             });
-            blocks.push(ConvBlock { conv, bn, control, pool_after: layer.pool_after, stride: layer.stride, residual_from: layer.residual_from });
+            blocks.push(ConvBlock { conv, bn, control, pool_after: layer.pool_after, stride: layer.stride, residual_from: layer.residual_from, starts_block: config.starts_residual_block(i) });
             c_in = layer.out_channels;
         }
         let classifier = nn::linear(p / "classifier", c_in, config.num_classes, Default::default());
@@ -185,9 +187,8 @@ impl DecoupledCnn {
         let mut gate_logits = Vec::new();
         // Each layer's input, kept while a residual block that starts there may need it.
         let mut inputs: Vec<Option<Tensor>> = Vec::with_capacity(self.blocks.len());
-        for (i, block) in self.blocks.iter().enumerate() {
-            let keep = self.blocks[i..].iter().any(|b| b.residual_from == Some(i));
-            inputs.push(keep.then(|| h.shallow_clone()));
+        for block in &self.blocks {
+            inputs.push(block.starts_block.then(|| h.shallow_clone()));
             let normed = h.apply(&block.conv).apply_t(&block.bn, train);
             // A block's last conv takes its ReLU after the sum.
             let out = if block.residual_from.is_some() { normed } else { normed.relu() };

@@ -33,6 +33,8 @@ struct FoldedLayer {
     stride: i64,
     /// The conv layer whose input this layer adds before its ReLU (it closes that block).
     residual_from: Option<usize>,
+    /// Whether a residual block starts here (its input is kept at full width).
+    starts_block: bool,
 }
 
 /// A controlling module: `gate logits = FC2(ReLU(FC1(GAP(x))))`, and the MI head.
@@ -106,6 +108,7 @@ impl GatedNetwork {
                 pool_after: block.pool_after,
                 stride: block.stride,
                 residual_from: block.residual_from,
+                starts_block: block.starts_block,
             });
         }
         let channels = model.config().in_channels;
@@ -139,9 +142,8 @@ impl GatedNetwork {
         let (mut gates, mut gate_logits, mut mi_logits) = (Vec::new(), Vec::new(), Vec::new());
         // Each layer's input at full width, kept while a residual block that starts there needs it.
         let mut block_inputs: Vec<Option<Tensor>> = Vec::with_capacity(self.layers.len());
-        for (i, layer) in self.layers.iter().enumerate() {
-            let starts_block = self.layers[i..].iter().any(|l| l.residual_from == Some(i));
-            block_inputs.push(starts_block.then(|| scatter_channels(&h, present.as_deref(), layer.in_channels)));
+        for layer in &self.layers {
+            block_inputs.push(layer.starts_block.then(|| scatter_channels(&h, present.as_deref(), layer.in_channels)));
             let mut multiplier = None;
             let (weight, bias, kept) = match &layer.control {
                 Some(control) => {

@@ -358,11 +358,10 @@ impl Screening for ScreeningService {
         let name = request.into_inner().model;
         self.observed("GetInfo", None, async {
             let models = self.models()?;
-            let workers = models.get(&name, "")?;
+            let (model_name, workers) = models.get_named(&name, "")?;
             let (info, limits) = (&workers.info, &workers.limits);
-            let index = super::models::resolve(models.names(), &name, "")?;
             Ok(Response::new(GetInfoResponse {
-                model_name: models.names()[index].clone(),
+                model_name: model_name.to_string(),
                 models: models.names().to_vec(),
                 model_hash: info.model_hash.clone(),
                 class_names: info.class_names.clone(),

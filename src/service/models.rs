@@ -99,7 +99,12 @@ impl Models {
 
     /// The workers of model `name` (see [`resolve`]).
     pub fn get(&self, name: &str, version: &str) -> std::result::Result<&Arc<Workers>, Status> {
-        resolve(&self.names, name, version).map(|i| &self.workers[i])
+        self.get_named(name, version).map(|(_, workers)| workers)
+    }
+
+    /// The served name (an alias or "" resolved) and the workers of model `name`.
+    pub fn get_named(&self, name: &str, version: &str) -> std::result::Result<(&str, &Arc<Workers>), Status> {
+        resolve(&self.names, name, version).map(|i| (self.names[i].as_str(), &self.workers[i]))
     }
 
     pub fn all(&self) -> impl Iterator<Item = &Arc<Workers>> {
