@@ -4,7 +4,8 @@
 
 use std::time::Instant;
 
-use pathguard::attack_set::{run_attack, AttackParams, GateGradient};
+use pathguard::attack_set::{run_attack, GateGradient};
+use pathguard::attack_spec::{AttackName, AttackParams};
 use pathguard::data::fashion_mnist::{self, default_dir, Split};
 use pathguard::model::Checkpoint;
 use tch::{Device, Kind, Tensor};
@@ -39,8 +40,8 @@ fn main() {
     let n = 256usize;
     let data = test.take(n);
     let indices = Tensor::arange(n as i64, (Kind::Int64, Device::Cpu));
-    for method in ["fgsm", "pgd"] {
-        let params = AttackParams { random_start: method == "pgd", ..AttackParams::new(method, 0.1) };
+    for method in [AttackName::Fgsm, AttackName::Pgd] {
+        let params = AttackParams { random_start: method == AttackName::Pgd, ..AttackParams::new(method, 0.1) }.check().unwrap();
         let rates: Vec<f64> = (0..3)
             .map(|_| {
                 let outcome =
@@ -49,7 +50,7 @@ fn main() {
                 outcome.stats.images_per_second
             })
             .collect();
-        let label = if method == "pgd" { "PGD-40" } else { "FGSM" };
+        let label = if method == AttackName::Pgd { "PGD-40" } else { "FGSM" };
         println!("{label:>6} eps 0.1, batch 128, {n} images: {:>8.1} images/s (median of 3)", median(rates));
     }
 }

@@ -31,7 +31,7 @@ def row(name):
     m = json.load(open(os.path.join(root, name, "manifest.json")))
     s = m["stats"]; p = m["parameters"]
     eps = "-" if m["method"] in ("cw", "deepfool") else p["eps"]
-    label = m["method"] + (f" ({p['steps']} steps)" if p.get("steps", 1) and p["steps"] > 1 else "")
+    label = m["method"] + (f" ({p['steps']} steps)" if p.get("steps", 1) > 1 else "")
     extra = ""
     if m.get("other_gate_gradient"):
         mode, o = m["other_gate_gradient"]

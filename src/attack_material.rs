@@ -6,7 +6,8 @@ use std::path::Path;
 use ndarray::Array2;
 use tch::{Device, Kind, Tensor};
 
-use crate::attack_set::{run_attack, AttackParams, GateGradient};
+use crate::attack_set::{run_attack, GateGradient};
+use crate::attack_spec::{AttackName, AttackSpec};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::DecoupledCnn;
@@ -19,6 +20,9 @@ use crate::representations::Representations;
 pub struct AttackBlock {
     /// e.g. "pgd eps 0.1 (40 steps)".
     pub name: String,
+    /// The method, when one attack made the block.
+    pub attack: Option<AttackName>,
+    pub kind: BlockKind,
     /// Correctly classified clean images that were attacked.
     pub attempted: usize,
     pub fooled: Representations,
@@ -26,6 +30,30 @@ pub struct AttackBlock {
     /// [`MaterialOptions::keep_images`] asked for them (to hand the same images to a peer).
     pub images: Option<Array2<f32>>,
     pub seconds: f64,
+}
+
+/// What kind of adversarial examples a block holds: the detector's experts learn from
+/// different kinds ([`crate::detector_fit::fit_experts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockKind {
+    /// Full-strength attacks (and attack sets read from disk).
+    Strong,
+    /// Attacks that stop each image at its first success: minimal, low-confidence examples.
+    Minimal,
+    /// Detector-aware attacks ([`crate::detector_hardening`]).
+    Adaptive,
+}
+
+impl BlockKind {
+    pub fn of(spec: &AttackSpec) -> Self {
+        if spec.is_adaptive() {
+            BlockKind::Adaptive
+        } else if spec.attack.stops_early() {
+            BlockKind::Minimal
+        } else {
+            BlockKind::Strong
+        }
+    }
 }
 
 impl AttackBlock {
@@ -37,7 +65,7 @@ impl AttackBlock {
 /// An attack and how many of the images (from the first) it runs on.
 #[derive(Debug, Clone)]
 pub struct PlannedAttack {
-    pub params: AttackParams,
+    pub spec: AttackSpec,
     /// `None`: every image.
     pub max_images: Option<usize>,
 }
@@ -83,14 +111,14 @@ impl AttackMaterial {
                 device,
                 &subset,
                 &indices,
-                &planned.params,
+                &planned.spec,
                 options.gates,
                 options.batch_size,
                 options.show_progress,
             )?;
             let reps = Representations::compute(model, device, &outcome.adversarial, templates, options.batch_size)?;
             let kept = options.keep_images.then_some(&outcome.adversarial);
-            let block = material.block(describe_attack(&planned.params), &reps, kept, &labels[..n], outcome.stats.seconds)?;
+            let block = material.block(planned.spec.describe(), Some(planned.spec.name()), BlockKind::of(&planned.spec), &reps, kept, &labels[..n], outcome.stats.seconds)?;
             material.attacks.push(block);
         }
         Ok(material)
@@ -134,7 +162,7 @@ impl AttackMaterial {
         }
         let reps = Representations::compute(model, device, &images, templates, batch_size)?;
         let name = format!("attack set {}", dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-        let block = self.block(name, &reps, None, &labels, 0.0)?;
+        let block = self.block(name, None, BlockKind::Strong, &reps, None, &labels, 0.0)?;
         self.attacks.push(block);
         Ok(())
     }
@@ -144,6 +172,8 @@ impl AttackMaterial {
     fn block(
         &self,
         name: String,
+        attack: Option<AttackName>,
+        kind: BlockKind,
         adversarial: &Representations,
         images: Option<&Tensor>,
         labels: &[i64],
@@ -154,7 +184,7 @@ impl AttackMaterial {
             attacked.iter().copied().filter(|&i| adversarial.predictions[i] != labels[i]).collect();
         let rows = Tensor::from_slice(&fooled.iter().map(|&i| i as i64).collect::<Vec<_>>());
         let images = images.map(|t| flat_rows(&t.index_select(0, &rows))).transpose()?;
-        Ok(AttackBlock { name, attempted: attacked.len(), fooled: adversarial.select(&fooled), images, seconds })
+        Ok(AttackBlock { name, attack, kind, attempted: attacked.len(), fooled: adversarial.select(&fooled), images, seconds })
     }
 
     /// The correctly classified clean images.
@@ -167,10 +197,9 @@ impl AttackMaterial {
         (0..self.correct.len()).filter(|&i| self.correct[i]).collect()
     }
 
-    /// The blocks whose name starts with `prefix` ("" for all), as one.
-    pub fn adversarial(&self, prefix: &str) -> Option<Representations> {
-        let parts: Vec<&Representations> =
-            self.attacks.iter().filter(|b| b.name.starts_with(prefix)).map(|b| &b.fooled).collect();
+    /// Every block's fooled images, as one.
+    pub fn adversarial(&self) -> Option<Representations> {
+        let parts: Vec<&Representations> = self.attacks.iter().map(|b| &b.fooled).collect();
         Representations::concat(&parts)
     }
 }
@@ -181,25 +210,4 @@ pub fn flat_rows(images: &Tensor) -> Result<Array2<f32>> {
     let values = Vec::<f32>::try_from(images.to_kind(Kind::Float).contiguous().view([-1]))?;
     let width = if n == 0 { 0 } else { values.len() / n };
     Ok(Array2::from_shape_vec((n, width), values).expect("rows of equal width"))
-}
-
-/// "pgd eps 0.1 (40 steps)"-style description of an attack.
-pub fn describe_attack(p: &AttackParams) -> String {
-    let p = p.resolved();
-    match p.method.as_str() {
-        "cw" => format!(
-            "cw kappa {} ({} steps x {} searches)",
-            p.confidence.unwrap_or(0.0),
-            p.steps.unwrap_or(0),
-            p.search_steps.unwrap_or(0)
-        ),
-        "deepfool" => format!("deepfool overshoot {}", p.overshoot.unwrap_or(0.0)),
-        _ => {
-            let stop = if p.early_stop { ", early stop" } else { "" };
-            match p.steps {
-                Some(s) if s > 1 => format!("{} eps {} ({} steps{stop})", p.method, p.eps, s),
-                _ => format!("{} eps {}", p.method, p.eps),
-            }
-        }
-    }
 }

@@ -4,13 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use attacks::{
-    l2_norms, linf_norms, AdaptiveKind, AdaptivePgd, Attack, Ball, CarliniWagnerL2, DeepFool, DifferentiableClassifier,
-    Fgsm, Goal, Iterative, IterativeKind,
-};
+use attacks::{l2_norms, linf_norms, DifferentiableClassifier, Goal};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use crate::attack_spec::{AttackSpec, BuiltAttack};
 use crate::data::Dataset;
 use crate::detector::PathDetector;
 use crate::error::{Error, Result};
@@ -43,7 +41,7 @@ impl std::str::FromStr for GateGradient {
         match s {
             "hard" => Ok(GateGradient::Hard),
             "surrogate" => Ok(GateGradient::Surrogate),
-            _ => Err(Error::Config(format!("unknown gate gradient {s:?}; use hard or surrogate"))),
+            _ => Err(Error::InvalidInput(format!("unknown gate gradient {s:?}; use hard or surrogate"))),
         }
     }
 }
@@ -63,231 +61,6 @@ impl DifferentiableClassifier for ModelClassifier<'_> {
 
     fn cancelled(&self) -> bool {
         (self.cancelled)()
-    }
-}
-
-/// Attack method names accepted on the command line and in manifests.
-pub const METHODS: [&str; 12] = [
-    "fgsm",
-    "bim",
-    "pgd",
-    "pgd-l2",
-    "mifgsm",
-    "cw",
-    "deepfool",
-    "selective-pgd",
-    "orthogonal-pgd",
-    "lagrangian-pgd",
-    "extra-class-pgd",
-    "path-matching-pgd",
-];
-
-/// The methods that attack the detector too ([`attacks::AdaptivePgd`]); they need one.
-pub const ADAPTIVE_METHODS: [&str; 5] =
-    ["selective-pgd", "orthogonal-pgd", "lagrangian-pgd", "extra-class-pgd", "path-matching-pgd"];
-
-/// A built attack: one that sees the classifier only, or one that sees the detector too.
-pub enum BuiltAttack {
-    Oblivious(Box<dyn Attack>),
-    Adaptive(AdaptivePgd),
-}
-
-impl BuiltAttack {
-    pub fn name(&self) -> &'static str {
-        match self {
-            BuiltAttack::Oblivious(a) => a.name(),
-            BuiltAttack::Adaptive(a) => a.name(),
-        }
-    }
-}
-
-/// An attack and all its parameters; unset ones take the method's default.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct AttackParams {
-    pub method: String,
-    /// Budget: L-infinity radius (fgsm, bim, pgd, mifgsm) or L2 radius (pgd-l2). Unused by
-    /// cw and deepfool, which minimise the L2 norm.
-    pub eps: f64,
-    pub steps: Option<usize>,
-    pub step_size: Option<f64>,
-    pub random_start: bool,
-    pub seed: i64,
-    pub target_class: Option<i64>,
-    /// MI-FGSM momentum decay (default 1.0).
-    pub decay: Option<f64>,
-    /// C&W confidence kappa (default 0), initial constant c (default 1), Adam learning rate
-    /// (default 0.01), binary-search steps on c (default 3).
-    pub confidence: Option<f64>,
-    pub initial_const: Option<f64>,
-    pub learning_rate: Option<f64>,
-    pub search_steps: Option<usize>,
-    /// DeepFool overshoot (default 0.02).
-    pub overshoot: Option<f64>,
-    /// Iterative attacks: stop each image at its first success (minimal, low-confidence
-    /// adversarial examples).
-    #[serde(default)]
-    pub early_stop: bool,
-    /// Adaptive attacks: the weight of the detector's loss (lagrangian-pgd) or of the path
-    /// distance (path-matching-pgd), default 1.
-    #[serde(default)]
-    pub lambda: Option<f64>,
-    /// Adaptive attacks: runs from a random start, keeping per image the best (default 1).
-    #[serde(default)]
-    pub restarts: Option<usize>,
-    /// Adaptive attacks: the budget's norm, "linf" (default) or "l2".
-    #[serde(default)]
-    pub norm: Option<String>,
-}
-
-impl AttackParams {
-    /// Parameters with the method's defaults for everything but `method` and `eps`.
-    pub fn new(method: &str, eps: f64) -> Self {
-        AttackParams {
-            method: method.into(),
-            eps,
-            steps: None,
-            step_size: None,
-            random_start: false,
-            seed: 0,
-            target_class: None,
-            decay: None,
-            confidence: None,
-            initial_const: None,
-            learning_rate: None,
-            search_steps: None,
-            overshoot: None,
-            early_stop: false,
-            lambda: None,
-            restarts: None,
-            norm: None,
-        }
-    }
-
-    /// Fills in every default, so that a manifest records what really ran.
-    pub fn is_adaptive(&self) -> bool {
-        ADAPTIVE_METHODS.contains(&self.method.as_str())
-    }
-
-    pub fn resolved(&self) -> Self {
-        let mut p = self.clone();
-        if p.is_adaptive() {
-            // Step size eps/10 as in Bryniarski et al.; 100 steps walk the ball ten times.
-            p.steps.get_or_insert(100);
-            p.step_size.get_or_insert((p.eps / 10.0).max(1e-6));
-            p.restarts.get_or_insert(1);
-            p.norm.get_or_insert_with(|| "linf".into());
-            if matches!(p.method.as_str(), "lagrangian-pgd" | "path-matching-pgd") {
-                p.lambda.get_or_insert(1.0);
-            }
-            return p;
-        }
-        let default_steps = match p.method.as_str() {
-            "fgsm" => 1,
-            "bim" | "mifgsm" => 10,
-            "pgd" | "pgd-l2" => 40,
-            "cw" => 100,
-            "deepfool" => 50,
-            _ => 1,
-        };
-        let steps = *p.steps.get_or_insert(default_steps);
-        if matches!(p.method.as_str(), "bim" | "pgd" | "pgd-l2" | "mifgsm") && p.step_size.is_none() {
-            // Madry et al.: 2.5 * eps / steps lets PGD walk across the ball; BIM and MI-FGSM
-            // use eps / steps, as in their papers.
-            let factor = if p.method.starts_with("pgd") { 2.5 } else { 1.0 };
-            p.step_size = Some((factor * p.eps / steps as f64).max(1e-6));
-        }
-        match p.method.as_str() {
-            "mifgsm" => {
-                p.decay.get_or_insert(1.0);
-            }
-            "cw" => {
-                p.confidence.get_or_insert(0.0);
-                p.initial_const.get_or_insert(1.0);
-                p.learning_rate.get_or_insert(0.01);
-                p.search_steps.get_or_insert(3);
-            }
-            "deepfool" => {
-                p.overshoot.get_or_insert(0.02);
-            }
-            _ => {}
-        }
-        p
-    }
-
-    /// Builds the attack, validating every parameter. Defaults come from [`Self::resolved`]
-    /// alone, so that what runs is exactly what a manifest records.
-    pub fn build(&self) -> Result<BuiltAttack> {
-        fn boxed<A: Attack + 'static>(
-            attack: std::result::Result<A, attacks::AttackError>,
-        ) -> std::result::Result<Box<dyn Attack>, attacks::AttackError> {
-            attack.map(|a| Box::new(a) as Box<dyn Attack>)
-        }
-        let p = self.resolved();
-        if p.is_adaptive() {
-            return p.build_adaptive().map(BuiltAttack::Adaptive);
-        }
-        if p.lambda.is_some() || p.restarts.is_some() || p.norm.is_some() {
-            return Err(Error::Config(format!("lambda, restarts and norm apply to the adaptive attacks, not to {}", p.method)));
-        }
-        if p.early_stop && !matches!(p.method.as_str(), "bim" | "pgd" | "pgd-l2" | "mifgsm") {
-            return Err(Error::Config(format!(
-                "early stop applies to the iterative attacks bim, pgd, pgd-l2 and mifgsm, not to {}",
-                p.method
-            )));
-        }
-        let resolved = "resolved() sets every parameter of its method";
-        let steps = p.steps.expect(resolved);
-        let iterative = |kind| {
-            Iterative::new(kind, p.eps, steps, p.step_size.expect(resolved), p.random_start, p.seed)
-                .map(|a| a.with_early_stop(p.early_stop))
-        };
-        let attack = match p.method.as_str() {
-            "fgsm" => boxed(Fgsm::new(p.eps)),
-            "bim" => boxed(iterative(IterativeKind::Bim)),
-            "pgd" => boxed(iterative(IterativeKind::PgdLinf)),
-            "pgd-l2" => boxed(iterative(IterativeKind::PgdL2)),
-            "mifgsm" => boxed(iterative(IterativeKind::MiFgsm { decay: p.decay.expect(resolved) })),
-            "cw" => boxed(CarliniWagnerL2::new(
-                steps,
-                p.search_steps.expect(resolved),
-                p.learning_rate.expect(resolved),
-                p.confidence.expect(resolved),
-                p.initial_const.expect(resolved),
-            )),
-            "deepfool" => boxed(DeepFool::new(steps, p.overshoot.expect(resolved))),
-            other => {
-                return Err(Error::Config(format!(
-                    "unknown attack method {other:?}; use one of {}",
-                    METHODS.join(", ")
-                )))
-            }
-        };
-        attack.map(BuiltAttack::Oblivious).map_err(|e| Error::Config(format!("{} parameters: {e}", p.method)))
-    }
-
-    /// The adaptive attack of resolved parameters.
-    fn build_adaptive(&self) -> Result<AdaptivePgd> {
-        let resolved = "resolved() sets every parameter of an adaptive method";
-        let lambda = self.lambda.unwrap_or(1.0);
-        let kind = match self.method.as_str() {
-            "selective-pgd" => AdaptiveKind::Selective,
-            "orthogonal-pgd" => AdaptiveKind::Orthogonal,
-            "lagrangian-pgd" => AdaptiveKind::Lagrangian { lambda },
-            "extra-class-pgd" => AdaptiveKind::ExtraClass,
-            _ => AdaptiveKind::PathMatching { weight: lambda },
-        };
-        let ball = match self.norm.as_deref().expect(resolved) {
-            "linf" => Ball::Linf,
-            "l2" => Ball::L2,
-            other => return Err(Error::Config(format!("norm {other:?} is not linf or l2"))),
-        };
-        let config = |e: attacks::AttackError| Error::Config(format!("{} parameters: {e}", self.method));
-        Ok(AdaptivePgd::new(kind, self.eps, self.steps.expect(resolved), self.step_size.expect(resolved), self.random_start, self.seed)
-            .map_err(config)?
-            .with_ball(ball)
-            .with_restarts(self.restarts.expect(resolved))
-            .map_err(config)?
-            .with_early_stop(self.early_stop))
     }
 }
 
@@ -325,19 +98,19 @@ pub struct AttackStats {
     pub images_per_second: f64,
 }
 
-/// Runs `params` against `model` on `data` in batches. `indices` are the images' positions in
+/// Runs the attack of `spec` against `model` on `data` in batches. `indices` are the images' positions in
 /// their split (recorded in the output).
 pub fn run_attack(
     model: &DecoupledCnn,
     device: Device,
     data: &Dataset,
     indices: &Tensor,
-    params: &AttackParams,
+    spec: &AttackSpec,
     gates: GateGradient,
     batch_size: usize,
     show_progress: bool,
 ) -> Result<AttackOutcome> {
-    run_attack_until(model, None, device, data, indices, params, gates, batch_size, show_progress, &|| false)
+    run_attack_until(model, None, device, data, indices, spec, gates, batch_size, show_progress, &|| false)
 }
 
 /// [`run_attack`] against a model guarded by `detector` (which the adaptive methods need and
@@ -351,25 +124,25 @@ pub fn run_attack_until(
     device: Device,
     data: &Dataset,
     indices: &Tensor,
-    params: &AttackParams,
+    spec: &AttackSpec,
     gates: GateGradient,
     batch_size: usize,
     show_progress: bool,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<AttackOutcome> {
-    let attack = params.build()?;
+    let attack = spec.build()?;
     let classes = model.config().num_classes;
-    if let Some(t) = params.target_class {
+    if let Some(t) = spec.target_class {
         if !(0..classes).contains(&t) {
-            return Err(Error::Config(format!("target class {t} is not in 0..{classes}")));
+            return Err(Error::InvalidInput(format!("target class {t} is not in 0..{classes}")));
         }
     }
     if data.is_empty() {
-        return Err(Error::Config("no images to attack".into()));
+        return Err(Error::NoData("no images to attack".into()));
     }
     let guarded = match (&attack, detector) {
         (BuiltAttack::Adaptive(_), None) => {
-            return Err(Error::Config(format!("{} attacks the detector too: it needs one", attack.name())))
+            return Err(Error::InvalidInput(format!("{} attacks the detector too: it needs one", attack.name())))
         }
         (BuiltAttack::Adaptive(a), Some(detector)) => {
             let guarded = GuardedModel::new(model, detector, device).with_cancel(cancelled);
@@ -395,7 +168,7 @@ pub fn run_attack_until(
         let len = batch.min(n - start);
         let x = data.images.narrow(0, start, len).to_device(device);
         let y = data.labels.narrow(0, start, len).to_device(device);
-        let goal = match params.target_class {
+        let goal = match spec.target_class {
             Some(t) => Goal::Targeted(y.full_like(t)),
             None => Goal::Untargeted,
         };
@@ -407,7 +180,7 @@ pub fn run_attack_until(
         }
         .map_err(|e| match e {
             attacks::AttackError::Cancelled => Error::Cancelled,
-            e => Error::Config(format!("{}: {e}", attack.name())),
+            e => Error::Attack { what: attack.name().into(), source: e },
         })?;
         attack_seconds += attack_started.elapsed().as_secs_f64();
         let (clean_logits, _) = model.predict(&x)?;
@@ -426,7 +199,7 @@ pub fn run_attack_until(
     let clean_predictions = Tensor::cat(&clean_predictions, 0);
     let predictions = Tensor::cat(&predictions, 0);
     let labels = data.labels.shallow_clone();
-    let success = match params.target_class {
+    let success = match spec.target_class {
         Some(t) => predictions.eq(t),
         None => predictions.ne_tensor(&labels),
     };
@@ -495,7 +268,7 @@ pub struct Manifest {
     pub format: String,
     pub pathguard_version: String,
     pub method: String,
-    pub parameters: AttackParams,
+    pub parameters: AttackSpec,
     pub gate_gradient: GateGradient,
     /// Success rate with the other gate gradient, when it was measured (`--compare-gates`).
     pub other_gate_gradient: Option<(GateGradient, AttackStats)>,

@@ -175,7 +175,7 @@ mod tests {
         let checkpoint = Checkpoint::new(&config, &names, Device::Cpu).unwrap();
         // Close half of every gated layer's filters for good.
         tch::no_grad(|| {
-            for (name, mut t) in checkpoint.vs.variables() {
+            for (name, t) in checkpoint.vs.variables() {
                 if name.ends_with("acm.fc2.bias") {
                     let half = t.size()[0] / 2;
                     let _ = t.narrow(0, 0, half).fill_(-1e4);

@@ -8,10 +8,11 @@ use detectors::{DetectionMetrics, LogisticDetectorParams};
 use ndarray::{concatenate, Array1, Array2, Axis};
 use tch::{Device, Tensor};
 
-use crate::attack_material::{describe_attack, AttackBlock, AttackMaterial, MaterialOptions, PlannedAttack};
+use crate::attack_material::{AttackBlock, BlockKind, AttackMaterial, MaterialOptions, PlannedAttack};
 use crate::detector::PathExpert;
 use crate::representations::Representations;
-use crate::attack_set::{AttackParams, GateGradient};
+use crate::attack_set::GateGradient;
+use crate::attack_spec::AttackSpec;
 use crate::data::Dataset;
 use crate::detector::{DetectorRecord, PathDetector};
 use crate::error::{Error, Result};
@@ -21,7 +22,7 @@ use crate::path::{FeatureSpec, PathTemplates};
 /// Settings of `pathguard fit-detector`.
 #[derive(Debug, Clone)]
 pub struct FitOptions {
-    pub attacks: Vec<AttackParams>,
+    pub attacks: Vec<AttackSpec>,
     /// Fraction of the attacked training images held out to set and check the threshold.
     pub validation_fraction: f64,
     pub target_fpr: f64,
@@ -93,14 +94,12 @@ pub fn labelled_rows(clean: &Array2<f64>, adversarial: &Array2<f64>) -> (Array2<
 }
 
 pub const GATE_LOGIT_EXPERT: &str = "gate logits";
-/// Name prefix of the blocks of detector-aware attack images ([`crate::detector_hardening`]).
-pub const ADAPTIVE_BLOCK: &str = "adaptive";
 pub const PATH_STATISTICS_EXPERT: &str = "path statistics";
 
 /// The two experts of the path detector (see [`crate::detector`]), fitted on `clean` rows
 /// versus the adversarial rows of `blocks`: the gate-logit expert on the full-strength
 /// attacks, the path-statistics expert on the early-stopped ones (minimal, low-confidence
-/// examples), both on detector-aware ones ([`ADAPTIVE_BLOCK`]). An expert with no blocks of
+/// examples), both on detector-aware ones ([`BlockKind::Adaptive`]). An expert with no blocks of
 /// its kind learns from all of them.
 pub fn fit_experts<'a>(
     model: &DecoupledCnn,
@@ -110,9 +109,9 @@ pub fn fit_experts<'a>(
     let sizes = model.config().gate_sizes();
     let total = sizes.iter().sum::<i64>() as usize;
     let (minimal, strong): (Vec<&AttackBlock>, Vec<&AttackBlock>) =
-        blocks.iter().copied().partition(|b| b.name.contains("early stop"));
+        blocks.iter().copied().partition(|b| b.kind == BlockKind::Minimal);
     // Detector-aware attacks evade both experts at once, so both learn from them.
-    let (adaptive, strong): (Vec<&AttackBlock>, Vec<&AttackBlock>) = strong.into_iter().partition(|b| b.name.starts_with(ADAPTIVE_BLOCK));
+    let (adaptive, strong): (Vec<&AttackBlock>, Vec<&AttackBlock>) = strong.into_iter().partition(|b| b.kind == BlockKind::Adaptive);
     let with_adaptive = |v: Vec<&'a AttackBlock>| -> Vec<&'a AttackBlock> {
         if v.is_empty() {
             return blocks.to_vec();
@@ -200,23 +199,23 @@ pub fn fit_detector_parts(
     let fit_part = train.slice(0, n_fit);
     let val_part = train.slice(n_fit, n_val);
     let planned: Vec<PlannedAttack> =
-        options.attacks.iter().map(|params| PlannedAttack { params: params.clone(), max_images: None }).collect();
+        options.attacks.iter().map(|&spec| PlannedAttack { spec, max_images: None }).collect();
     let material_options =
         MaterialOptions { gates: options.gates, batch_size: options.batch_size, show_progress: options.show_progress, keep_images: false };
     let fit_material = AttackMaterial::build(model, device, &fit_part, &templates, &planned, &material_options)?;
     let (clean, corrupted_rows) = negatives(&fit_material, model, device, &fit_part, &templates, options)?;
-    let adversarial = fit_material.adversarial("").expect("at least one attack");
+    let adversarial = fit_material.adversarial().expect("at least one attack");
     let blocks: Vec<&AttackBlock> = fit_material.attacks.iter().collect();
     let mut detector = PathDetector::new(model_hash, templates, fit_experts(model, &clean, &blocks)?);
 
     let val_material = AttackMaterial::build(model, device, &val_part, &detector.templates, &planned, &material_options)?;
     let (val_clean, _) = negatives(&val_material, model, device, &val_part, &detector.templates, options)?;
-    let val_adv = val_material.adversarial("").expect("at least one attack");
+    let val_adv = val_material.adversarial().expect("at least one attack");
     detector.calibrate(&val_clean, options.target_fpr)?;
     let validation = validate(&detector, &val_clean, &val_adv)?;
 
     detector.record = Some(DetectorRecord {
-        attacks: options.attacks.iter().map(describe_attack).collect(),
+        attacks: options.attacks.iter().map(AttackSpec::describe).collect(),
         train_images: n,
         clean_rows: clean.len(),
         benign_corruption_rows: corrupted_rows,

@@ -11,10 +11,10 @@ use std::time::Instant;
 use attacks::Ball;
 use tch::{Device, Kind};
 
-use crate::attack_material::AttackBlock;
+use crate::attack_material::{AttackBlock, BlockKind};
 use crate::data::Dataset;
 use crate::detector::{HardeningBudget, HardeningRound, PathDetector};
-use crate::detector_fit::{fit_experts, validate, DetectorFit, ADAPTIVE_BLOCK};
+use crate::detector_fit::{fit_experts, validate, DetectorFit};
 use crate::error::{Error, Result};
 use crate::evaluation::adaptive::{strongest_attack, AdaptiveInputs, AdaptiveOptions};
 use crate::model::DecoupledCnn;
@@ -41,7 +41,7 @@ pub fn harden_detector(
     options: &HardeningOptions,
 ) -> Result<PathDetector> {
     if options.eps.is_empty() {
-        return Err(Error::Config("hardening needs at least one L-inf budget (--harden-eps)".into()));
+        return Err(Error::InvalidInput("hardening needs at least one L-inf budget (--harden-eps)".into()));
     }
     let DetectorFit { mut detector, fit_part, val_part, clean, mut blocks, fit_correct, val_clean, val_adv } = fit;
     let labels = Vec::<i64>::try_from(fit_part.labels.to_kind(Kind::Int64))?;
@@ -59,7 +59,9 @@ pub fn harden_detector(
             let fooled: Vec<usize> = attempted.iter().copied().filter(|&i| reps.predictions[i] != labels[i]).collect();
             added += fooled.len();
             blocks.push(AttackBlock {
-                name: format!("{ADAPTIVE_BLOCK} round {round} eps {eps} ({} steps)", options.attack.steps),
+                name: format!("adaptive round {round} eps {eps} ({} steps)", options.attack.steps),
+                attack: None,
+                kind: BlockKind::Adaptive,
                 attempted: attempted.len(),
                 fooled: reps.select(&fooled),
                 images: None,
@@ -75,7 +77,7 @@ pub fn harden_detector(
     }
     let validation = validate(&detector, &val_clean, &val_adv)?;
     if let Some(record) = detector.record.as_mut() {
-        record.attacks.extend(blocks.iter().filter(|b| b.name.starts_with(ADAPTIVE_BLOCK)).map(|b| b.name.clone()));
+        record.attacks.extend(blocks.iter().filter(|b| b.kind == BlockKind::Adaptive).map(|b| b.name.clone()));
         record.adversarial_rows = blocks.iter().map(|b| b.fooled.len()).sum();
         record.validation = validation;
         record.seconds += rounds.iter().map(|r| r.seconds).sum::<f64>();

@@ -13,6 +13,8 @@
 //!   [`adversarial_training`]) and evaluation (accuracy,
 //!   open-gate fractions, conv FLOPs a path needs, distances between class templates).
 //! - [`path`]: per-class path templates and distances.
+//! - [`attack_spec`]: which attack with which parameters (the user's settings, checked into
+//!   one [`attack_spec::Attack`] variant with exactly its own parameters).
 //! - [`attack_set`]: attacks from the `attacks` crate run against the model over a data
 //!   slice, written as NPY files, a JSON manifest and a PNG contact sheet ([`preview`]).
 //! - [`representations`]: every view detectors take of a batch (path features, path bits,
@@ -30,6 +32,7 @@ pub mod adversarial_training;
 pub mod atomic;
 pub mod attack_material;
 pub mod attack_set;
+pub mod attack_spec;
 pub mod compact;
 pub mod corruption_set;
 pub mod corruptions;

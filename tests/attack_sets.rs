@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pathguard::attack_set::{run_attack, AttackParams, GateGradient, ATTACK_SET_FILES};
+use pathguard::attack_set::{run_attack, GateGradient, ATTACK_SET_FILES};
+use pathguard::attack_spec::{AttackName, AttackParams};
 use pathguard::data::fashion_mnist::{self, default_dir};
 use pathguard::data::Split;
 use pathguard::model::Checkpoint;
@@ -32,13 +33,13 @@ fn pgd_is_at_least_as_successful_as_fgsm_on_the_shipped_model() {
     let checkpoint = shipped();
     let (data, indices) = first_test_images(100);
     let run = |params: AttackParams| {
-        run_attack(&checkpoint.model, Device::Cpu, &data, &indices, &params, GateGradient::Surrogate, 100, false)
+        run_attack(&checkpoint.model, Device::Cpu, &data, &indices, &params.check().unwrap(), GateGradient::Surrogate, 100, false)
             .unwrap()
             .stats
     };
     let eps = 0.05;
-    let fgsm = run(AttackParams::new("fgsm", eps));
-    let pgd = run(AttackParams { steps: Some(20), random_start: true, ..AttackParams::new("pgd", eps) });
+    let fgsm = run(AttackParams::new(AttackName::Fgsm, eps));
+    let pgd = run(AttackParams { steps: Some(20), random_start: true, ..AttackParams::new(AttackName::Pgd, eps) });
     assert!(pgd.success_rate >= fgsm.success_rate, "pgd {} < fgsm {}", pgd.success_rate, fgsm.success_rate);
     assert!(pgd.max_linf <= eps + 1e-6 && fgsm.max_linf <= eps + 1e-6);
     assert!(fgsm.success_rate > 0.1, "FGSM at eps 0.05 fooled only {}", fgsm.success_rate);
@@ -49,8 +50,8 @@ fn attacks_on_the_shipped_model_are_reproducible_with_a_seed() {
     let checkpoint = shipped();
     let (data, indices) = first_test_images(16);
     let run = |seed| {
-        let params = AttackParams { steps: Some(3), random_start: true, seed, ..AttackParams::new("pgd", 0.1) };
-        run_attack(&checkpoint.model, Device::Cpu, &data, &indices, &params, GateGradient::Hard, 8, false)
+        let spec = AttackParams { steps: Some(3), random_start: true, seed, ..AttackParams::new(AttackName::Pgd, 0.1) }.check().unwrap();
+        run_attack(&checkpoint.model, Device::Cpu, &data, &indices, &spec, GateGradient::Hard, 8, false)
             .unwrap()
             .adversarial
     };
@@ -60,15 +61,15 @@ fn attacks_on_the_shipped_model_are_reproducible_with_a_seed() {
 
 #[test]
 fn bad_attack_parameters_name_the_problem() {
-    let err = AttackParams::new("pgd", -1.0).build().err().unwrap().to_string();
+    let err = AttackParams::new(AttackName::Pgd, -1.0).check().err().unwrap().to_string();
     assert!(err.contains("eps must be") && err.contains("-1"), "{err}");
-    let err = AttackParams { steps: Some(0), ..AttackParams::new("bim", 0.1) }.build().err().unwrap().to_string();
+    let err = AttackParams { steps: Some(0), ..AttackParams::new(AttackName::Bim, 0.1) }.check().err().unwrap().to_string();
     assert!(err.contains("steps must be >= 1"), "{err}");
-    let err = AttackParams::new("jsma", 0.1).build().err().unwrap().to_string();
+    let err = "jsma".parse::<AttackName>().err().unwrap().to_string();
     assert!(err.contains("unknown attack method \"jsma\""), "{err}");
     let checkpoint = shipped();
     let (data, indices) = first_test_images(4);
-    let targeted = AttackParams { target_class: Some(12), ..AttackParams::new("fgsm", 0.1) };
+    let targeted = AttackParams { target_class: Some(12), ..AttackParams::new(AttackName::Fgsm, 0.1) }.check().unwrap();
     let err = run_attack(&checkpoint.model, Device::Cpu, &data, &indices, &targeted, GateGradient::Hard, 4, false)
         .err()
         .unwrap()
@@ -143,7 +144,9 @@ fn attack_command_refuses_bad_parameters_and_keeps_existing_output() {
     let run = attack_cli(&out, &["--method", "pgd", "--lambda", "1"]);
     assert!(String::from_utf8_lossy(&run.stderr).contains("apply to the adaptive attacks"), "{}", String::from_utf8_lossy(&run.stderr));
     let run = attack_cli(&out, &["--method", "selective-pgd", "--norm", "l3"]);
-    assert!(String::from_utf8_lossy(&run.stderr).contains("norm \"l3\""), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("invalid value 'l3' for '--norm"), "{}", String::from_utf8_lossy(&run.stderr));
+    let run = attack_cli(&out, &["--method", "pgd", "--decay", "0.5"]);
+    assert!(String::from_utf8_lossy(&run.stderr).contains("decay applies to mifgsm, not to pgd"), "{}", String::from_utf8_lossy(&run.stderr));
     let run = attack_cli(&out, &["--method", "lagrangian-pgd", "--lambda", "-2"]);
     assert!(String::from_utf8_lossy(&run.stderr).contains("lambda"), "{}", String::from_utf8_lossy(&run.stderr));
     assert_eq!(std::fs::read(out.join("manifest.json")).unwrap(), b"old");

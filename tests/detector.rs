@@ -114,7 +114,8 @@ fn hardening_refits_both_experts_on_detector_aware_attacks_and_records_each_roun
 /// PGD images, and its gradient reaches the input through the gates.
 #[test]
 fn detector_twin_matches_the_shipped_detector_and_has_a_gradient() {
-    use pathguard::attack_set::{run_attack, AttackParams, GateGradient};
+    use pathguard::attack_set::{run_attack, GateGradient};
+    use pathguard::attack_spec::{AttackName, AttackParams};
     use pathguard::data::fashion_mnist::{self, default_dir};
     use pathguard::data::Split;
     use pathguard::detector_twin::DetectorTwin;
@@ -125,7 +126,7 @@ fn detector_twin_matches_the_shipped_detector_and_has_a_gradient() {
     let (model, detector) = (&screener.checkpoint.model, &screener.detector);
     let test = fashion_mnist::load(&default_dir(), Split::Test).unwrap().take(96);
     let indices = tch::Tensor::arange(96, (tch::Kind::Int64, Device::Cpu));
-    let params = AttackParams { steps: Some(10), random_start: true, ..AttackParams::new("pgd", 0.1) }.resolved();
+    let params = AttackParams { steps: Some(10), random_start: true, ..AttackParams::new(AttackName::Pgd, 0.1) }.check().unwrap();
     let attacked = run_attack(model, Device::Cpu, &test, &indices, &params, GateGradient::Surrogate, 96, false).unwrap();
     let twin = DetectorTwin::new(detector, Device::Cpu);
     for (what, images) in [("clean", &test.images), ("pgd", &attacked.adversarial)] {
@@ -154,7 +155,8 @@ fn detector_twin_matches_the_shipped_detector_and_has_a_gradient() {
 #[test]
 fn detector_aware_attacks_evade_more_than_oblivious_pgd() {
     use attacks::{AdaptiveKind, AdaptivePgd};
-    use pathguard::attack_set::{run_attack, AttackParams, GateGradient};
+    use pathguard::attack_set::{run_attack, GateGradient};
+    use pathguard::attack_spec::{AttackName, AttackParams};
     use pathguard::data::fashion_mnist::{self, default_dir};
     use pathguard::data::Split;
     use pathguard::guarded_model::GuardedModel;
@@ -176,7 +178,7 @@ fn detector_aware_attacks_evade_more_than_oblivious_pgd() {
         wrong.iter().zip(scores.iter()).filter(|(&w, &s)| w && s < detector.threshold()).count()
     };
     let indices = tch::Tensor::arange(n as i64, (tch::Kind::Int64, Device::Cpu));
-    let params = AttackParams { steps: Some(steps), random_start: true, ..AttackParams::new("pgd", eps) }.resolved();
+    let params = AttackParams { steps: Some(steps), random_start: true, ..AttackParams::new(AttackName::Pgd, eps) }.check().unwrap();
     let oblivious = run_attack(model, Device::Cpu, &test, &indices, &params, GateGradient::Surrogate, n, false).unwrap();
     let oblivious = evaded(&oblivious.adversarial);
     let references = fashion_mnist::load(&default_dir(), Split::Train).unwrap().take(500);

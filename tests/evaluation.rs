@@ -2,7 +2,8 @@
 
 use std::process::Command;
 
-use pathguard::attack_set::{run_attack, AttackParams, GateGradient};
+use pathguard::attack_set::{run_attack, GateGradient};
+use pathguard::attack_spec::{AttackName, AttackParams};
 use pathguard::data::fashion_mnist::{self, default_dir};
 use pathguard::data::Split;
 use pathguard::detector::{PathDetector, DETECTOR_FILE};
@@ -15,7 +16,7 @@ fn shipped_detector_separates_clean_from_pgd_test_images() {
     let detector = PathDetector::load(&crate::default_model_dir().join(DETECTOR_FILE), checkpoint.model_hash()).unwrap();
     let test = fashion_mnist::load(&default_dir(), Split::Test).unwrap().take(300);
     let indices = Tensor::arange(300, (Kind::Int64, Device::Cpu));
-    let params = AttackParams { random_start: true, ..AttackParams::new("pgd", 0.1) };
+    let params = AttackParams { random_start: true, ..AttackParams::new(AttackName::Pgd, 0.1) }.check().unwrap();
     let outcome = run_attack(&checkpoint.model, Device::Cpu, &test, &indices, &params, GateGradient::Surrogate, 150, false).unwrap();
     let score = |images: &Tensor| {
         let out = tch::no_grad(|| checkpoint.model.forward_with_path(images, GateMode::Eval));

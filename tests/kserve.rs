@@ -5,7 +5,7 @@ use std::process::Command;
 
 use pathguard::service::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use pathguard::service::inference::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
-use pathguard::service::inference::{InferTensorContents, ModelInferRequest, ModelReadyRequest, ServerReadyRequest};
+use pathguard::service::inference::{InferTensorContents, ModelInferRequest, ModelMetadataRequest, ModelReadyRequest, ServerReadyRequest};
 
 use crate::python_client::client_python;
 use crate::service::{test_images, Server};
@@ -95,6 +95,13 @@ async fn the_protocol_rules_are_enforced() {
     let from_raw = client.model_infer(request(vec![image_input(2, "FP32", None)], vec![raw.clone()])).await.unwrap().into_inner();
     assert_eq!(from_typed.raw_output_contents, from_raw.raw_output_contents);
     assert_eq!(from_raw.outputs.len(), 4);
+    // Answers carry the name asked for, or the default's served name when none was given.
+    assert_eq!(from_raw.model_name, "pathguard");
+    let unnamed = ModelInferRequest { model_name: String::new(), ..request(vec![image_input(2, "FP32", None)], vec![raw.clone()]) };
+    let unnamed = client.model_infer(unnamed).await.unwrap().into_inner();
+    assert_eq!((unnamed.model_name.as_str(), &unnamed.raw_output_contents), ("default", &from_raw.raw_output_contents));
+    let metadata = client.model_metadata(ModelMetadataRequest { name: String::new(), version: String::new() }).await.unwrap();
+    assert_eq!(metadata.into_inner().name, "default");
 
     let bad = [
         (request(vec![image_input(2, "FP32", Some(typed.clone()))], vec![raw.clone()]), "both set"),

@@ -181,6 +181,15 @@ fn raw(dtype: DataType, shape: Vec<i64>, data: Vec<u8>) -> ScreenRequest {
     }
 }
 
+pub fn http_post(addr: SocketAddr, path: &str, body: &[u8]) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n", body.len()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
 pub fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
@@ -635,4 +644,15 @@ async fn two_models_are_served_by_name() {
         let score = record["adversarial_score"].as_f64().unwrap();
         assert!((score - result.adversarial_score as f64).abs() < 1e-6);
     }
+
+    // The page screens with the model it names, lists the models, and the metrics count per model.
+    let npy_bytes = std::fs::read(&npy).unwrap();
+    let page = http_post(server.http, "/api/screen?model=hardened", &npy_bytes);
+    assert!(page.contains(&format!("\"model_hash\":\"{}\"", hardened.model_hash)), "{page}");
+    assert!(http_post(server.http, "/api/screen?model=resnet", &npy_bytes).contains(" 404 "));
+    let stats = http_get(server.http, "/api/stats");
+    assert!(stats.contains("\"models\":[\"default\",\"hardened\"]"), "{stats}");
+    let metrics = http_get(server.metrics, "/metrics");
+    assert!(metrics.contains("pathguard_images_screened_total{model=\"hardened\"}"), "{metrics}");
+    assert!(metrics.contains("pathguard_images_screened_total{model=\"default\"}"), "{metrics}");
 }

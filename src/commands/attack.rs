@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use pathguard::attack_set::{run_attack, run_attack_until, write_attack_set, AttackParams, GateGradient, Manifest, ATTACK_SET_FILES};
+use pathguard::attack_set::{run_attack, run_attack_until, write_attack_set, GateGradient, Manifest, ATTACK_SET_FILES};
+use pathguard::attack_spec::{AttackName, AttackParams, Norm};
 use pathguard::detector::{PathDetector, DETECTOR_FILE};
 use pathguard::device::parse_device;
 use pathguard::model::Checkpoint;
@@ -19,9 +20,9 @@ pub struct AttackArgs {
     /// Checkpoint directory
     #[arg(long, default_value = "models/default")]
     model: PathBuf,
-    /// fgsm, bim, pgd, pgd-l2, mifgsm, cw or deepfool
+    /// The attack; the *-pgd methods other than pgd-l2 attack the detector too
     #[arg(long)]
-    method: String,
+    method: AttackName,
     /// Perturbation budget (L-infinity; L2 for pgd-l2; unused by cw and deepfool)
     #[arg(long, default_value_t = 0.1)]
     eps: f64,
@@ -72,9 +73,9 @@ pub struct AttackArgs {
     /// Adaptive methods: random restarts, keeping per image the best [default: 1]
     #[arg(long)]
     restarts: Option<usize>,
-    /// Adaptive methods: the budget's norm, linf or l2 [default: linf]
+    /// Adaptive methods: the budget's norm [default: linf]
     #[arg(long)]
-    norm: Option<String>,
+    norm: Option<Norm>,
     /// The images to attack
     #[command(flatten)]
     slice: SliceArgs,
@@ -95,7 +96,7 @@ pub struct AttackArgs {
 
 pub fn run_attack_command(args: AttackArgs) -> Result<()> {
     let device = parse_device(&args.data.device)?;
-    let params = AttackParams {
+    let spec = AttackParams {
         steps: args.steps,
         step_size: args.step_size,
         random_start: args.random_start,
@@ -110,17 +111,17 @@ pub fn run_attack_command(args: AttackArgs) -> Result<()> {
         early_stop: args.early_stop,
         lambda: args.lambda,
         restarts: args.restarts,
-        norm: args.norm.clone(),
-        ..AttackParams::new(&args.method, args.eps)
-    };
-    params.build()?; // validate before loading anything
+        norm: args.norm,
+        ..AttackParams::new(args.method, args.eps)
+    }
+    .check()?; // before loading anything
     let checkpoint = Checkpoint::load(&args.model, device)?;
     let shipped = args.model.join(DETECTOR_FILE);
     let detector = match &args.detector {
         Some(path) => Some(PathDetector::load(path, checkpoint.model_hash())?),
         None if shipped.exists() => Some(PathDetector::load(&shipped, checkpoint.model_hash())?),
-        None if params.is_adaptive() => {
-            anyhow::bail!("{} attacks the detector too, and {} has none: give one with --detector", params.method, args.model.display())
+        None if spec.is_adaptive() => {
+            anyhow::bail!("{} attacks the detector too, and {} has none: give one with --detector", spec.name(), args.model.display())
         }
         None => None,
     };
@@ -131,7 +132,7 @@ pub fn run_attack_command(args: AttackArgs) -> Result<()> {
         device,
         &data,
         &indices,
-        &params,
+        &spec,
         args.gates,
         args.batch_size,
         true,
@@ -142,7 +143,7 @@ pub fn run_attack_command(args: AttackArgs) -> Result<()> {
             GateGradient::Hard => GateGradient::Surrogate,
             GateGradient::Surrogate => GateGradient::Hard,
         };
-        let o = run_attack(&checkpoint.model, device, &data, &indices, &params, other, args.batch_size, true)?;
+        let o = run_attack(&checkpoint.model, device, &data, &indices, &spec, other, args.batch_size, true)?;
         Some((other, o.stats))
     } else {
         None
@@ -151,8 +152,8 @@ pub fn run_attack_command(args: AttackArgs) -> Result<()> {
     let manifest = Manifest {
         format: "pathguard-attack-set-v1".into(),
         pathguard_version: env!("CARGO_PKG_VERSION").into(),
-        method: params.method.clone(),
-        parameters: params.resolved(),
+        method: spec.name().as_str().into(),
+        parameters: spec,
         gate_gradient: args.gates,
         other_gate_gradient: other_gate_gradient.clone(),
         model_dir: args.model.clone(),
@@ -168,7 +169,7 @@ pub fn run_attack_command(args: AttackArgs) -> Result<()> {
     write_attack_set(&args.out, &outcome, &manifest, &checkpoint.meta.class_names)?;
     println!(
         "{} on {} images: clean accuracy {:.4}, adversarial accuracy {:.4}, success {:.4} ({:.4} of correctly classified), Linf mean {:.4} max {:.4}, L2 mean {:.4}, {:.1} images/s",
-        params.method, s.images, s.clean_accuracy, s.adversarial_accuracy, s.success_rate, s.success_rate_on_correct, s.mean_linf, s.max_linf, s.mean_l2, s.images_per_second
+        spec.name(), s.images, s.clean_accuracy, s.adversarial_accuracy, s.success_rate, s.success_rate_on_correct, s.mean_linf, s.max_linf, s.mean_l2, s.images_per_second
     );
     if let Some(d) = &outcome.detector {
         println!(

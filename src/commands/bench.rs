@@ -9,7 +9,8 @@ use clap::{Args, ValueEnum};
 use ndarray::{Array2, ArrayView2, Axis};
 use pathguard::atomic::write_dir_atomic;
 use pathguard::attack_material::{flat_rows, AttackBlock, AttackMaterial, MaterialOptions, PlannedAttack};
-use pathguard::attack_set::{run_attack, AttackParams, GateGradient};
+use pathguard::attack_set::{run_attack, GateGradient};
+use pathguard::attack_spec::{AttackName, AttackParams};
 use pathguard::data::Dataset;
 use pathguard::detector::PathDetector;
 use pathguard::detector_fit::{fit_experts, fit_templates};
@@ -146,12 +147,13 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
         }
         What::Fgsm | What::Pgd => {
             let checkpoint = Checkpoint::load(&args.model, device)?;
-            let params = match args.what {
-                What::Fgsm => AttackParams::new("fgsm", args.eps),
-                _ => AttackParams { steps: Some(40), random_start: true, ..AttackParams::new("pgd", args.eps) },
-            };
+            let spec = match args.what {
+                What::Fgsm => AttackParams::new(AttackName::Fgsm, args.eps),
+                _ => AttackParams { steps: Some(40), random_start: true, ..AttackParams::new(AttackName::Pgd, args.eps) },
+            }
+            .check()?;
             let indices = Tensor::arange(n, (Kind::Int64, Device::Cpu));
-            let outcome = run_attack(&checkpoint.model, device, &test, &indices, &params, args.gates, args.batch, false)?;
+            let outcome = run_attack(&checkpoint.model, device, &test, &indices, &spec, args.gates, args.batch, false)?;
             let correct = outcome.clean_predictions.eq_tensor(&outcome.labels);
             let fooled = outcome.predictions.ne_tensor(&outcome.labels).logical_and(&correct);
             serde_json::json!({
@@ -177,8 +179,8 @@ fn detect(args: &BenchArgs, device: Device, test: &Dataset, out: &Path) -> Resul
     let options = MaterialOptions { gates: args.gates, batch_size: args.batch, show_progress: true, keep_images: true };
     // `evaluate`'s protocol at one eps: FGSM, PGD-40, early-stopped PGD-40 seen; of its unseen
     // attacks the two optimisation ones (C&W, DeepFool), on the first 200 test images.
-    let (seen, unseen) = standard_attacks(&[args.eps], 40, 1.5, 200, 0);
-    let unseen = unseen.into_iter().filter(|p| matches!(p.params.method.as_str(), "cw" | "deepfool"));
+    let (seen, unseen) = standard_attacks(&[args.eps], 40, 1.5, 200, 0)?;
+    let unseen = unseen.into_iter().filter(|p| matches!(p.spec.name(), AttackName::Cw | AttackName::Deepfool));
 
     let templates = fit_templates(model, device, &train_set, args.batch)?;
     let train_material = AttackMaterial::build(model, device, &train_set, &templates, &seen, &options)?;

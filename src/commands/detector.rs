@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use pathguard::attack_set::{AttackParams, GateGradient};
+use pathguard::attack_set::GateGradient;
+use pathguard::attack_spec::{AttackName, AttackParams};
 use pathguard::data::Split;
 use pathguard::detector::{PathDetector, DETECTOR_FILE};
 use pathguard::detector_fit::{fit_detector_parts, FitOptions};
@@ -26,8 +27,8 @@ pub struct FitDetectorArgs {
     /// Training images to attack (the first N of the training split)
     #[arg(long, default_value_t = 10_000)]
     limit: usize,
-    /// Attack methods whose images are the positive rows; pgd-early-stop is PGD stopped at each
-    /// image's first success
+    /// Attack methods whose images are the positive rows; METHOD-early-stop (pgd-early-stop)
+    /// stops each image at its first success
     #[arg(long, value_delimiter = ',', default_value = "fgsm,pgd,pgd-early-stop")]
     methods: Vec<String>,
     /// Budgets to attack at (L-infinity)
@@ -116,21 +117,23 @@ pub struct EvaluateArgs {
 pub fn run_fit_detector(args: FitDetectorArgs) -> Result<()> {
     let device = parse_device(&args.data.device)?;
     let mut attacks = Vec::new();
-    for method in &args.methods {
+    for name in &args.methods {
+        // "<method>-early-stop" (pgd-early-stop by default): the method stopping each image at
+        // its first success (minimal, low-confidence examples; no random start, so it starts
+        // from the clean image).
+        let (method, early_stop) = match name.strip_suffix("-early-stop") {
+            Some(base) => (base.parse::<AttackName>()?, true),
+            None => (name.parse::<AttackName>()?, false),
+        };
         for &eps in &args.eps {
-            // "pgd-early-stop": PGD that stops each image at its first success (minimal,
-            // low-confidence examples; no random start, so it starts from the clean image).
-            let early_stop = method == "pgd-early-stop";
-            let base = if early_stop { "pgd" } else { method.as_str() };
             let params = AttackParams {
-                steps: (base == "pgd").then_some(args.pgd_steps),
-                random_start: method == "pgd",
+                steps: (method == AttackName::Pgd).then_some(args.pgd_steps),
+                random_start: method == AttackName::Pgd && !early_stop,
                 early_stop,
                 seed: args.seed,
-                ..AttackParams::new(base, eps)
+                ..AttackParams::new(method, eps)
             };
-            params.build()?;
-            attacks.push(params);
+            attacks.push(params.check()?);
         }
     }
     let checkpoint = Checkpoint::load(&args.model, device)?;
@@ -214,7 +217,7 @@ pub fn run_evaluate(args: EvaluateArgs) -> Result<()> {
         Some(d) => d.templates.clone(),
         None => pathguard::detector_fit::fit_templates(&checkpoint.model, device, &all_train, args.batch_size)?,
     };
-    let (seen, unseen) = standard_attacks(&args.eps, args.pgd_steps, args.l2_eps, args.slow_limit, args.seed);
+    let (seen, unseen) = standard_attacks(&args.eps, args.pgd_steps, args.l2_eps, args.slow_limit, args.seed)?;
     let options = EvaluateOptions {
         seen,
         unseen,

@@ -8,7 +8,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
-use crate::attack_set::{run_attack, AttackParams, GateGradient};
+use crate::attack_set::{run_attack, GateGradient};
+use crate::attack_spec::{AttackName, AttackParams, AttackSpec};
 use crate::corruption_set::{verdicts, Verdicts};
 use crate::corruptions::CORRUPTIONS;
 use crate::data::Dataset;
@@ -67,9 +68,9 @@ pub struct ReasonRow {
 pub const CORRUPTION_REPORT_FILES: [&str; 3] = ["report.md", "report.json", "corruptions.png"];
 
 /// The verdicts of the images an attack misclassified.
-fn fooled(screener: &Screener, data: &Dataset, params: &AttackParams) -> Result<Verdicts> {
+fn fooled(screener: &Screener, data: &Dataset, spec: &AttackSpec) -> Result<Verdicts> {
     let indices = Tensor::arange(data.len() as i64, (tch::Kind::Int64, Device::Cpu));
-    let outcome = run_attack(&screener.checkpoint.model, screener.device, data, &indices, params, GateGradient::Surrogate, 128, true)?;
+    let outcome = run_attack(&screener.checkpoint.model, screener.device, data, &indices, spec, GateGradient::Surrogate, 128, true)?;
     let judged = verdicts(screener, &outcome.adversarial, &data.labels, 256)?;
     let labels = Vec::<i64>::try_from(&data.labels)?;
     let rows: Vec<usize> = (0..labels.len()).filter(|&i| judged.predictions[i] != labels[i]).collect();
@@ -127,10 +128,10 @@ pub fn corruption_report(
         return Err(Error::NoData("no images to corrupt".into()));
     }
     let clean = verdicts(screener, &data.images, &data.labels, 256)?;
-    let pgd_params = AttackParams { steps: Some(pgd_steps), random_start: true, seed, ..AttackParams::new("pgd", 0.1) };
+    let pgd = AttackParams { steps: Some(pgd_steps), random_start: true, seed, ..AttackParams::new(AttackName::Pgd, 0.1) }.check()?;
     eprintln!("attacking {} images with PGD-{pgd_steps} eps 0.1, {} with C&W", data.len(), slow_limit.min(data.len()));
-    let pgd_verdicts = fooled(screener, data, &pgd_params)?;
-    let cw_verdicts = if slow_limit == 0 { None } else { Some(fooled(screener, &data.take(slow_limit), &AttackParams::new("cw", 0.0))?) };
+    let pgd_verdicts = fooled(screener, data, &pgd)?;
+    let cw_verdicts = if slow_limit == 0 { None } else { Some(fooled(screener, &data.take(slow_limit), &AttackParams::new(AttackName::Cw, 0.0).check()?)?) };
     let labels = Vec::<i64>::try_from(&data.labels)?;
     let mut rows = Vec::new();
     // Severities 1 and 2 pooled over every corruption: the "mild" changes of the goals.

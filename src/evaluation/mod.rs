@@ -16,9 +16,10 @@ use std::time::Instant;
 use ndarray::Array1;
 use tch::Device;
 
-use crate::attack_material::{describe_attack, AttackBlock, AttackMaterial, MaterialOptions, PlannedAttack};
+use crate::attack_material::{AttackBlock, AttackMaterial, MaterialOptions, PlannedAttack};
 use crate::representations::Representations;
-use crate::attack_set::{AttackParams, GateGradient};
+use crate::attack_set::GateGradient;
+use crate::attack_spec::{AttackName, AttackParams};
 use crate::data::Dataset;
 use crate::detector::PathDetector;
 use crate::error::{Error, Result};
@@ -61,27 +62,36 @@ pub struct EvaluationInputs<'a> {
 /// the first success (low-confidence examples) at each `eps` seen;
 /// BIM, MI-FGSM (eps 0.1), PGD-L2 (`l2_eps`), C&W-L2 and DeepFool unseen, the last two on
 /// at most `slow_limit` images.
-pub fn standard_attacks(eps: &[f64], pgd_steps: usize, l2_eps: f64, slow_limit: usize, seed: i64) -> (Vec<PlannedAttack>, Vec<PlannedAttack>) {
-    let plan = |params: AttackParams, max_images: Option<usize>| PlannedAttack { params: AttackParams { seed, ..params }, max_images };
+pub fn standard_attacks(
+    eps: &[f64],
+    pgd_steps: usize,
+    l2_eps: f64,
+    slow_limit: usize,
+    seed: i64,
+) -> Result<(Vec<PlannedAttack>, Vec<PlannedAttack>)> {
+    use AttackName::*;
+    let plan = |params: AttackParams, max_images: Option<usize>| -> Result<PlannedAttack> {
+        Ok(PlannedAttack { spec: AttackParams { seed, ..params }.check()?, max_images })
+    };
+    let pgd = |e, early_stop: bool| AttackParams { steps: Some(pgd_steps), random_start: !early_stop, early_stop, ..AttackParams::new(Pgd, e) };
     let mut seen = Vec::new();
     for &e in eps {
-        seen.push(plan(AttackParams::new("fgsm", e), None));
+        seen.push(plan(AttackParams::new(Fgsm, e), None)?);
     }
     for &e in eps {
-        seen.push(plan(AttackParams { steps: Some(pgd_steps), random_start: true, ..AttackParams::new("pgd", e) }, None));
+        seen.push(plan(pgd(e, false), None)?);
     }
     for &e in eps {
-        let params = AttackParams { steps: Some(pgd_steps), early_stop: true, ..AttackParams::new("pgd", e) };
-        seen.push(plan(params, None));
+        seen.push(plan(pgd(e, true), None)?);
     }
     let unseen = vec![
-        plan(AttackParams::new("bim", 0.1), None),
-        plan(AttackParams::new("mifgsm", 0.1), None),
-        plan(AttackParams { random_start: true, ..AttackParams::new("pgd-l2", l2_eps) }, None),
-        plan(AttackParams::new("cw", 0.0), Some(slow_limit)),
-        plan(AttackParams::new("deepfool", 0.0), Some(slow_limit)),
+        plan(AttackParams::new(Bim, 0.1), None)?,
+        plan(AttackParams::new(Mifgsm, 0.1), None)?,
+        plan(AttackParams { random_start: true, ..AttackParams::new(PgdL2, l2_eps) }, None)?,
+        plan(AttackParams::new(Cw, 0.0), Some(slow_limit))?,
+        plan(AttackParams::new(Deepfool, 0.0), Some(slow_limit))?,
     ];
-    (seen, unseen)
+    Ok((seen, unseen))
 }
 
 pub use crate::detector_fit::labelled_scores;
@@ -112,7 +122,7 @@ pub fn evaluate(inputs: &EvaluationInputs, options: &EvaluateOptions) -> Result<
     eprintln!("attacking {} training images", inputs.train.len());
     let train = AttackMaterial::build(model, device, inputs.train, templates, &options.seen, &material_options)?;
     let train_clean = train.clean();
-    let train_adversarial = train.adversarial("").expect("seen attacks exist");
+    let train_adversarial = train.adversarial().expect("seen attacks exist");
     if train_adversarial.is_empty() {
         return Err(Error::NoData("no training attack fooled the model; nothing to fit on".into()));
     }
@@ -125,9 +135,9 @@ pub fn evaluate(inputs: &EvaluationInputs, options: &EvaluateOptions) -> Result<
     let suite = DetectorSuite::fit(&train_clean, &train_adversarial, ours, inputs.shipped.clone())?;
     // Cross-attack: ours and the raw-activation baseline fitted on one family of attacks.
     let mut families = Vec::new();
-    for (family, prefix) in [("FGSM only", "fgsm "), ("PGD only", "pgd eps")] {
+    for (family, method) in [("FGSM only", AttackName::Fgsm), ("PGD only", AttackName::Pgd)] {
         let blocks: Vec<&AttackBlock> =
-            train.attacks.iter().filter(|b| b.name.starts_with(prefix) && !b.fooled.is_empty()).collect();
+            train.attacks.iter().filter(|b| b.attack == Some(method) && !b.fooled.is_empty()).collect();
         if blocks.is_empty() {
             continue;
         }
@@ -145,7 +155,7 @@ pub fn evaluate(inputs: &EvaluationInputs, options: &EvaluateOptions) -> Result<
     }
     let test_clean = test.clean();
     let clean_scores = suite.score(&test_clean)?;
-    let seen_names: Vec<String> = options.seen.iter().map(|p| describe_attack(&p.params)).collect();
+    let seen_names: Vec<String> = options.seen.iter().map(|p| p.spec.describe()).collect();
 
     let mut report = EvaluationReport {
         model_hash: inputs.model_hash.into(),

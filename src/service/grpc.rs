@@ -22,7 +22,7 @@ use super::proto::{
 };
 use super::models::Models;
 use super::worker::Workers;
-use crate::attack_set::{AttackParams, METHODS};
+use crate::attack_spec::{AttackName, AttackParams, AttackSpec, Norm};
 use crate::screener::pack_bits;
 
 /// The service: shared by every connection. `models` is empty until the models are loaded.
@@ -61,7 +61,7 @@ impl ScreeningService {
     /// Screens one request: the whole of `Screen`, one message of `ScreenStream`, and the
     /// in-process path of `pathguard screen`.
     pub async fn screen_request(&self, mut request: ScreenRequest, deadline: Option<Instant>) -> Result<ScreenResponse, Status> {
-        let workers = self.model(&request.model)?;
+        let (served, workers) = self.models()?.get_named(&request.model, "")?;
         let decoding = Instant::now();
         let images = decode_images_blocking(request.images.take(), "images", workers.limits.max_images_per_request, workers.info.input).await?;
         self.metrics.observe_stage("decode", decoding.elapsed());
@@ -110,8 +110,8 @@ impl ScreeningService {
                 }
             })
             .collect();
-        self.metrics.images_screened.inc_by(results.len() as u64);
-        self.metrics.images_flagged.inc_by(results.iter().filter(|r| r.flagged).count() as u64);
+        self.metrics.images_screened.with_label_values(&[served]).inc_by(results.len() as u64);
+        self.metrics.images_flagged.with_label_values(&[served]).inc_by(results.iter().filter(|r| r.flagged).count() as u64);
         self.metrics.observe_stage("encode", encoding.elapsed());
         Ok(ScreenResponse { results, model_hash: workers.info.model_hash.clone() })
     }
@@ -131,9 +131,9 @@ impl ScreeningService {
         } else {
             Some(tch::Tensor::from_slice(&request.labels))
         };
-        let params = attack_params(&request, classes, limits.max_attack_steps)?;
+        let spec = attack_spec(&request, classes, limits.max_attack_steps)?;
         let started = Instant::now();
-        let result = workers.attack(images, labels, params, deadline).await?;
+        let result = workers.attack(images, labels, spec, deadline).await?;
         let results = (0..n)
             .map(|i| AttackedImage {
                 label: result.labels[i],
@@ -256,21 +256,23 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic without a message".into())
 }
 
-/// Attack parameters of a request, validated against the server's limits.
-fn attack_params(r: &AttackRequest, classes: i64, max_steps: usize) -> Result<AttackParams, Status> {
-    if !METHODS.contains(&r.method.as_str()) {
-        return Err(Status::invalid_argument(format!(
-            "method: unknown attack {}; use one of {}",
-            bounded::quoted(&r.method),
-            METHODS.join(", ")
-        )));
-    }
+/// The attack of a request, checked against the server's limits.
+fn attack_spec(r: &AttackRequest, classes: i64, max_steps: usize) -> Result<AttackSpec, Status> {
+    let method: AttackName = r.method.parse().map_err(|_| {
+        Status::invalid_argument(format!("method: unknown attack {}; use one of {}", bounded::quoted(&r.method), AttackName::list()))
+    })?;
     if let Some(t) = r.target_class {
         if !(0..classes).contains(&(t as i64)) {
             return Err(Status::invalid_argument(format!("target_class: {t} is not a class in 0..{classes}")));
         }
     }
-    let params = AttackParams {
+    let norm = match r.norm.as_str() {
+        "" => None,
+        norm => Some(norm.parse::<Norm>().map_err(|_| {
+            Status::invalid_argument(format!("norm: {} is not linf or l2", bounded::quoted(norm)))
+        })?),
+    };
+    let spec = AttackParams {
         steps: r.steps.map(|s| s as usize),
         step_size: r.step_size.map(f64::from),
         random_start: r.random_start,
@@ -285,19 +287,18 @@ fn attack_params(r: &AttackRequest, classes: i64, max_steps: usize) -> Result<At
         early_stop: r.early_stop,
         lambda: r.lambda.map(f64::from),
         restarts: r.restarts.map(|n| n as usize),
-        norm: (!r.norm.is_empty()).then(|| r.norm.clone()),
-        ..AttackParams::new(&r.method, f64::from(r.eps))
+        norm,
+        ..AttackParams::new(method, f64::from(r.eps))
     }
-    .resolved();
-    let iterations =
-        params.steps.unwrap_or(1) * params.search_steps.unwrap_or(1).max(1) * params.restarts.unwrap_or(1).max(1);
+    .check()
+    .map_err(|e| Status::invalid_argument(format!("attack parameters: {e}")))?;
+    let iterations = spec.attack.iterations();
     if iterations > max_steps {
         return Err(Status::invalid_argument(format!(
             "steps: {iterations} iterations (steps x search_steps x restarts); this server allows at most {max_steps}"
         )));
     }
-    params.build().map_err(|e| Status::invalid_argument(format!("attack parameters: {e}")))?;
-    Ok(params)
+    Ok(spec)
 }
 
 type ScreenStreamOut = Pin<Box<dyn Stream<Item = Result<ScreenResponse, Status>> + Send + 'static>>;

@@ -102,7 +102,9 @@ fn tensor_metadata(name: &str, datatype: &str, shape: &[i64]) -> TensorMetadata 
 
 impl InferenceService {
     pub(crate) async fn infer(&self, request: ModelInferRequest, deadline: Option<Instant>) -> Result<ModelInferResponse, Status> {
-        self.screening.models()?.get(&request.model_name, &request.model_version)?;
+        let served = self.screening.models()?.get_named(&request.model_name, &request.model_version)?.0.to_string();
+        // The name asked for (clients compare it), or the default's when the request named none.
+        let answered_name = if request.model_name.is_empty() { served } else { request.model_name.clone() };
         let outputs = requested_outputs(&request)?;
         let images = input_images(&request)?;
         let model = request.model_name.clone();
@@ -142,7 +144,7 @@ impl InferenceService {
             raw.push(bytes);
         }
         Ok(ModelInferResponse {
-            model_name: request.model_name,
+            model_name: answered_name,
             model_version: MODEL_VERSION.into(),
             id: request.id,
             parameters: Default::default(),
@@ -188,11 +190,15 @@ impl GrpcInferenceService for InferenceService {
         request: Request<ModelMetadataRequest>,
     ) -> Result<Response<ModelMetadataResponse>, Status> {
         let r = request.into_inner();
-        let info = &self.screening.models()?.get(&r.name, &r.version)?.info;
+        let models = self.screening.models()?;
+        let (served, workers) = models.get_named(&r.name, &r.version)?;
+        let answered_name = if r.name.is_empty() { served.to_string() } else { r.name.clone() };
+        let info = &workers.info;
         let classes = info.class_names.len() as i64;
         let [c, h, w] = info.input.image_shape();
         Ok(Response::new(ModelMetadataResponse {
-            name: r.name,
+            // The name asked for (clients compare it), or the default's when none was.
+            name: answered_name,
             versions: vec![MODEL_VERSION.into()],
             platform: "pathguard".into(),
             inputs: vec![tensor_metadata(INPUT, "FP32", &[-1, c, h, w])],

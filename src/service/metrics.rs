@@ -22,8 +22,9 @@ pub struct Metrics {
     /// "detector" (path features, experts, distance to the training images), "encode"
     /// (building the response message).
     pub stage: HistogramVec,
-    pub images_screened: IntCounter,
-    pub images_flagged: IntCounter,
+    /// By model (its served name): a flag rate that jumps on one model says where to look.
+    pub images_screened: IntCounterVec,
+    pub images_flagged: IntCounterVec,
     /// Attacks stopped part-way because their caller went away or its deadline passed.
     pub attacks_abandoned: IntCounter,
     /// Resident memory of the process, read when the metrics are rendered.
@@ -67,9 +68,14 @@ impl Metrics {
             &["stage"],
         )
         .expect("valid metric");
-        let images_screened = IntCounter::new("pathguard_images_screened_total", "Images screened").expect("valid metric");
-        let images_flagged =
-            IntCounter::new("pathguard_images_flagged_total", "Images flagged as adversarial").expect("valid metric");
+        let images_screened =
+            IntCounterVec::new(Opts::new("pathguard_images_screened_total", "Images screened, by model"), &["model"])
+                .expect("valid metric");
+        let images_flagged = IntCounterVec::new(
+            Opts::new("pathguard_images_flagged_total", "Images flagged as adversarial, by model"),
+            &["model"],
+        )
+        .expect("valid metric");
         let attacks_abandoned = IntCounter::new(
             "pathguard_attacks_abandoned_total",
             "Attacks stopped part-way because the caller went away or its deadline passed",

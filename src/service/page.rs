@@ -2,12 +2,13 @@
 //! against the predicted class's template and the layers that pushed the score up, plus the
 //! service's live counters. Plain HTML/CSS/JS served by the binary (`page.html`); it calls
 //! `POST /api/screen` (one PNG, JPEG or NPY file as the body, through the same screening as
-//! every RPC) and `GET /api/stats`.
+//! every RPC; `?model=NAME` picks one of the served models, default the first) and
+//! `GET /api/stats` (which also lists the models, for the page's model choice).
 
 use crate::data::InputSpec;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -18,6 +19,13 @@ use super::grpc::ScreeningService;
 use super::proto::{images::Source, DataType, EncodedImages, Images, ScreenRequest, Tensor};
 
 const PAGE: &str = include_str!("page.html");
+
+/// The `model` of a `?model=NAME` query: a served model's name; absent or empty, the default.
+/// Model names are letters, digits, '-', '_' and '.', so there is nothing to percent-decode
+/// (an encoded name matches no model and is answered 404).
+fn model_of(uri: &Uri) -> String {
+    uri.query().unwrap_or("").split('&').find_map(|pair| pair.strip_prefix("model=")).unwrap_or("").to_string()
+}
 const NPY_MAGIC: &[u8] = b"\x93NUMPY";
 
 #[derive(Clone)]
@@ -51,7 +59,8 @@ fn npy_image(bytes: &[u8], spec: &InputSpec) -> Result<Images, String> {
     Ok(Images { source: Some(Source::Tensor(Tensor { dtype: DataType::Float32 as i32, shape: vec![1, c, s, s], data })) })
 }
 
-async fn screen(State(page): State<Page>, body: Body) -> Response {
+async fn screen(State(page): State<Page>, uri: Uri, body: Body) -> Response {
+    let model = model_of(&uri);
     let limit = page.max_body_bytes;
     let bytes: Bytes = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
@@ -60,11 +69,13 @@ async fn screen(State(page): State<Page>, body: Body) -> Response {
     if bytes.is_empty() {
         return error(StatusCode::BAD_REQUEST, "no file: send one PNG, JPEG or NPY file as the request body");
     }
+    let workers = match page.screening.model(&model) {
+        Ok(workers) => workers.clone(),
+        Err(s) if s.code() == tonic::Code::NotFound => return error(StatusCode::NOT_FOUND, s.message()),
+        Err(s) => return error(StatusCode::SERVICE_UNAVAILABLE, s.message()),
+    };
     let images = if bytes.starts_with(NPY_MAGIC) {
-        let spec = match page.screening.workers() {
-            Ok(workers) => workers.info.input,
-            Err(s) => return error(StatusCode::SERVICE_UNAVAILABLE, s.message()),
-        };
+        let spec = workers.info.input;
         match npy_image(&bytes, &spec) {
             Ok(images) => images,
             Err(e) => return error(StatusCode::BAD_REQUEST, e),
@@ -72,7 +83,7 @@ async fn screen(State(page): State<Page>, body: Body) -> Response {
     } else {
         Images { source: Some(Source::Encoded(EncodedImages { files: vec![bytes.to_vec()] })) }
     };
-    let request = ScreenRequest { images: Some(images), return_path_bits: true, ..Default::default() };
+    let request = ScreenRequest { images: Some(images), return_path_bits: true, model, ..Default::default() };
     let screening = page.screening.clone();
     let answer = page.screening.call("PageScreen", None, async move { screening.screen_request(request, None).await }).await;
     let response = match answer {
@@ -85,9 +96,6 @@ async fn screen(State(page): State<Page>, body: Body) -> Response {
             };
             return error(status, s.message().replace("images.encoded.files[0]", "the file"));
         }
-    };
-    let Ok(workers) = page.screening.workers() else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the model is still loading");
     };
     let info = &workers.info;
     let Some(r) = response.results.first() else { return error(StatusCode::INTERNAL_SERVER_ERROR, "no result") };
@@ -143,14 +151,20 @@ fn latency_quantile(families: &[prometheus::proto::MetricFamily], q: f64) -> Opt
     Some(buckets.iter().find(|(_, count)| *count >= rank).map(|(bound, _)| bound * 1000.0).unwrap_or(f64::INFINITY))
 }
 
+/// A counter summed over its labels (every model).
+fn total(counter: &prometheus::IntCounterVec) -> u64 {
+    counter.collect().iter().flat_map(|f| f.get_metric()).map(|m| m.get_counter().get_value() as u64).sum()
+}
+
 async fn stats(State(page): State<Page>) -> Response {
     let m = &page.screening.metrics;
     let families = m.latency.collect();
     (
         [(header::CACHE_CONTROL, "no-store")],
         axum::Json(json!({
-            "screened": m.images_screened.get(),
-            "flagged": m.images_flagged.get(),
+            "screened": total(&m.images_screened),
+            "flagged": total(&m.images_flagged),
+            "models": page.screening.models().map(|m| m.names().to_vec()).unwrap_or_default(),
             "p50_ms_at_most": latency_quantile(&families, 0.5),
             "p99_ms_at_most": latency_quantile(&families, 0.99),
             "ready": page.screening.workers().is_ok(),

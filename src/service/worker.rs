@@ -18,7 +18,8 @@ use tonic::Status;
 
 use super::limits::Limits;
 use super::metrics::Metrics;
-use crate::attack_set::{run_attack_until, AttackParams, GateGradient};
+use crate::attack_set::{run_attack_until, GateGradient};
+use crate::attack_spec::AttackSpec;
 use crate::data::Dataset;
 use crate::model::Execution;
 use crate::screener::{Screened, Screener};
@@ -82,7 +83,7 @@ pub struct AttackResult {
 struct AttackJob {
     images: Tensor,
     labels: Option<Tensor>,
-    params: AttackParams,
+    spec: AttackSpec,
     enqueued: Instant,
     deadline: Option<Instant>,
     reply: oneshot::Sender<Result<AttackResult, Status>>,
@@ -186,11 +187,11 @@ impl Workers {
         &self,
         images: Tensor,
         labels: Option<Tensor>,
-        params: AttackParams,
+        spec: AttackSpec,
         deadline: Option<Instant>,
     ) -> Result<AttackResult, Status> {
         let (reply, answer) = oneshot::channel();
-        let job = AttackJob { images, labels, params, enqueued: Instant::now(), deadline, reply };
+        let job = AttackJob { images, labels, spec, enqueued: Instant::now(), deadline, reply };
         enqueue(&self.attack, job, "attack")?;
         answer.await.map_err(|_| Status::internal("the attack worker stopped"))?
     }
@@ -376,13 +377,13 @@ fn run_attack_job(
         screener.device,
         &data,
         &indices,
-        &job.params,
+        &job.spec,
         GateGradient::Surrogate,
         batch_size,
         false,
         abandoned,
     )?;
-    let success = match job.params.target_class {
+    let success = match job.spec.target_class {
         Some(t) => outcome.predictions.eq(t),
         None => outcome.predictions.ne_tensor(&outcome.labels),
     };
