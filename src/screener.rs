@@ -155,6 +155,13 @@ mod tests {
     use super::pack_bits;
 
     #[test]
+    fn the_screener_can_move_to_a_worker_thread() {
+        // The model (tch tensors) is Send but not Sync: it lives on one worker thread.
+        fn assert_send<T: Send>() {}
+        assert_send::<super::Screener>();
+    }
+
+    #[test]
     fn bits_pack_least_significant_first() {
         assert_eq!(pack_bits(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 1]), vec![0b0000_0001, 0b0000_0010]);
         assert_eq!(pack_bits(&[0, 1, 1]), vec![0b0000_0110]);

@@ -217,4 +217,11 @@ fn a_colour_model_trains_and_evaluates_on_an_image_folder() {
     let fashion = pathguard(&["eval", "--device", "cpu", "--model"], &[&model]);
     let stderr = String::from_utf8_lossy(&fashion.stderr);
     assert!(!fashion.status.success() && stderr.contains("has 10 classes; the model has 3"), "{stderr}");
+    // As many classes under other names: label 2 would mean another class.
+    for split in ["train", "test"] {
+        std::fs::rename(data.join(split).join("red"), data.join(split).join("amber")).unwrap();
+    }
+    let renamed = pathguard(&["eval", "--device", "cpu", "--model"], &[&model, Path::new("--data"), &data]);
+    let stderr = String::from_utf8_lossy(&renamed.stderr);
+    assert!(!renamed.status.success() && stderr.contains("names its classes amber, blue, green; the model's are blue, green, red"), "{stderr}");
 }

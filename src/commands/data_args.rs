@@ -95,6 +95,17 @@ pub fn load_split(args: &DataArgs, model: Option<&ModelMeta>, split: Split, limi
                 meta.class_names.join(", ")
             );
         }
+        // Same count, other names or order: label k would mean another class than the model's
+        // class k. A set that names no classes ("0", "1", ...) takes the model's names.
+        let unnamed = data.class_names == pathguard::data::dataset::numbered_classes(data.num_classes());
+        if !unnamed && data.class_names != meta.class_names {
+            bail!(
+                "data set {} names its classes {}; the model's are {} (in this order), so its labels would mean other classes",
+                source.dir.display(),
+                data.class_names.join(", "),
+                meta.class_names.join(", ")
+            );
+        }
     }
     Ok(match limit {
         Some(n) => data.take(n),
