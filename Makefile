@@ -61,7 +61,7 @@ help:
 	@echo "make emoji-data     build data/emoji, a colour image folder from two npm emoji packages (about 2 min)"
 	@echo "make emoji-model    train, fit and evaluate a model on data/emoji (about 50 min on 2 cores; resumable)"
 	@echo "make emoji-resnet   the same with the ResNet-20 preset (models/emoji-resnet, reports/emoji-resnet)"
-	@echo "make compaction-curve  group-sparsity fine-tunes and their compaction (reports/compaction-curve, about 15 min)"
+	@echo "make compaction-curve  group-sparsity fine-tunes at 6 weights, compacted (reports/compaction-curve, about 35 min)"
 	@echo "make corruption-report  benign corruptions against the shipped and the corruption-aware detector (about 15 min)"
 	@echo "make benign-detector  fit models/default/detector-benign.json with mildly corrupted images as clean (about 30 min)"
 	@echo "make bench          throughput of the shipped model and of attacks"

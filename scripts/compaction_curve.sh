@@ -1,7 +1,7 @@
 #!/bin/bash
 # The group-sparsity trade-off of issue 17 (make compaction-curve): models/default fine-tuned
-# for 2 epochs on 20,000 training images at each group-sparsity weight (0 = the control: the
-# same fine-tune without the term), then compacted (filters open for < 1% of the 60,000 training
+# for 2 epochs on 20,000 training images at each group-sparsity weight (default 0 0.25 0.5 1 2
+# 4; 0 = the control: the same fine-tune without the term), then compacted (filters open for < 1% of the 60,000 training
 # images dropped). Writes, per weight G, RUNS/gG (the fine-tuned model), RUNS/gG-compact (its
 # compaction, with compaction.json) and OUT/gG.{train,compact}.log. Resumable: a finished step
 # is skipped.
@@ -9,7 +9,7 @@ set -euo pipefail
 BIN=${BIN:-target/release/pathguard}
 OUT=${OUT:-reports/compaction-curve}
 RUNS=${RUNS:-runs/compaction-curve}
-WEIGHTS=${WEIGHTS:-0.5 0}
+WEIGHTS=${WEIGHTS:-0 0.25 0.5 1 2 4}
 mkdir -p "$OUT" "$RUNS"
 for G in $WEIGHTS; do
   if [ ! -f "$RUNS/g$G/config.json" ]; then
