@@ -118,7 +118,7 @@ impl AttackMaterial {
             )?;
             let reps = Representations::compute(model, device, &outcome.adversarial, templates, options.batch_size)?;
             let kept = options.keep_images.then_some(&outcome.adversarial);
-            let block = material.block(planned.spec.describe(), Some(planned.spec.name()), BlockKind::of(&planned.spec), &reps, kept, &labels[..n], outcome.stats.seconds)?;
+            let block = material.block(planned.spec.describe(), Some(&planned.spec), &reps, kept, &labels[..n], outcome.stats.seconds)?;
             material.attacks.push(block);
         }
         Ok(material)
@@ -162,18 +162,18 @@ impl AttackMaterial {
         }
         let reps = Representations::compute(model, device, &images, templates, batch_size)?;
         let name = format!("attack set {}", dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-        let block = self.block(name, None, BlockKind::Strong, &reps, None, &labels, 0.0)?;
+        let block = self.block(name, None, &reps, None, &labels, 0.0)?;
         self.attacks.push(block);
         Ok(())
     }
 
-    /// The block of the attacked images whose clean version was right and which fool the
-    /// model; `images` (the attacked images, when kept) are selected the same way.
+    /// The block (of `spec`'s attack; `None`: images read from disk) of the attacked images
+    /// whose clean version was right and which fool the model; `images` (the attacked images,
+    /// when kept) are selected the same way.
     fn block(
         &self,
         name: String,
-        attack: Option<AttackName>,
-        kind: BlockKind,
+        spec: Option<&AttackSpec>,
         adversarial: &Representations,
         images: Option<&Tensor>,
         labels: &[i64],
@@ -184,6 +184,7 @@ impl AttackMaterial {
             attacked.iter().copied().filter(|&i| adversarial.predictions[i] != labels[i]).collect();
         let rows = Tensor::from_slice(&fooled.iter().map(|&i| i as i64).collect::<Vec<_>>());
         let images = images.map(|t| flat_rows(&t.index_select(0, &rows))).transpose()?;
+        let (attack, kind) = (spec.map(AttackSpec::name), spec.map(BlockKind::of).unwrap_or(BlockKind::Strong));
         Ok(AttackBlock { name, attack, kind, attempted: attacked.len(), fooled: adversarial.select(&fooled), images, seconds })
     }
 
