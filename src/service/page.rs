@@ -19,6 +19,7 @@ use super::grpc::ScreeningService;
 use super::proto::{images::Source, DataType, EncodedImages, Images, ScreenRequest, Tensor};
 
 const PAGE: &str = include_str!("page.html");
+const NPY_MAGIC: &[u8] = b"\x93NUMPY";
 
 /// The `model` of a `?model=NAME` query: a served model's name; absent or empty, the default.
 /// Model names are letters, digits, '-', '_' and '.', so there is nothing to percent-decode
@@ -26,7 +27,6 @@ const PAGE: &str = include_str!("page.html");
 fn model_of(uri: &Uri) -> String {
     uri.query().unwrap_or("").split('&').find_map(|pair| pair.strip_prefix("model=")).unwrap_or("").to_string()
 }
-const NPY_MAGIC: &[u8] = b"\x93NUMPY";
 
 #[derive(Clone)]
 struct Page {
