@@ -39,8 +39,13 @@ pub struct DetectorRecord {
     #[serde(default)]
     pub benign_corruption_rows: usize,
     pub adversarial_rows: usize,
-    /// Clean validation rows used to set the threshold.
+    /// Correctly classified clean validation rows (those of `validation`).
     pub validation_clean_rows: usize,
+    /// Clean rows the threshold was set on: every held-out and calibration image, right or
+    /// wrong (0 in detectors fitted before they were counted: those set it on the correctly
+    /// classified validation rows alone).
+    #[serde(default)]
+    pub threshold_rows: usize,
     pub target_false_positive_rate: f64,
     /// Metrics on the validation images (clean vs all attacks), at the chosen threshold.
     pub validation: DetectionMetrics,
@@ -59,7 +64,8 @@ pub struct HardeningRound {
     /// Positive rows added this round (detector-aware images that fool the model).
     pub added_rows: usize,
     pub threshold: f64,
-    /// Clean validation images flagged at that threshold.
+    /// Clean images flagged at that threshold (of the rows it was set on; see
+    /// [`DetectorRecord::threshold_rows`]).
     pub validation_clean_flag_rate: f64,
     pub budgets: Vec<HardeningBudget>,
     pub seconds: f64,

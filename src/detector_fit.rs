@@ -1,6 +1,7 @@
 //! Fitting the path-statistics detector: templates from clean training paths, then a
 //! logistic regression on clean paths versus the paths of successful FGSM/PGD images, with
-//! the threshold set for a target false-positive rate on held-out clean images.
+//! the threshold set for a target false-positive rate on clean images kept out of the fit
+//! (every clean image counts, right or wrong: a user's benign traffic is flagged at that rate).
 
 use std::time::Instant;
 
@@ -49,13 +50,50 @@ fn negatives(
     if !options.benign_corruptions {
         return Ok((clean, 0));
     }
+    let kept = corrupted_correct(model, device, data, templates, options)?;
+    let rows = kept.len();
+    Ok((Representations::concat(&[&clean, &kept]).expect("two parts"), rows))
+}
+
+/// The mildly corrupted versions of `data` that the model still classifies correctly.
+fn corrupted_correct(
+    model: &DecoupledCnn,
+    device: Device,
+    data: &Dataset,
+    templates: &PathTemplates,
+    options: &FitOptions,
+) -> Result<Representations> {
     let corrupted = crate::corruptions::mild_mix(&data.images, options.seed)?;
     let reps = Representations::compute(model, device, &corrupted, templates, options.batch_size)?;
     let labels = Vec::<i64>::try_from(&data.labels)?;
     let correct: Vec<usize> = reps.predictions.iter().zip(&labels).enumerate().filter(|(_, (p, l))| p == l).map(|(i, _)| i).collect();
-    let kept = reps.select(&correct);
-    let rows = kept.len();
-    Ok((Representations::concat(&[&clean, &kept]).expect("two parts"), rows))
+    Ok(reps.select(&correct))
+}
+
+/// The rows the threshold is set on: every clean image of the held-out part and of
+/// `calibration`, right or wrong (a misclassified benign image that gets flagged is still a
+/// benign image flagged), and with `benign` on the mild corruptions the model gets right.
+fn threshold_rows(
+    val_material: &AttackMaterial,
+    model: &DecoupledCnn,
+    device: Device,
+    val_part: &Dataset,
+    calibration: &Dataset,
+    templates: &PathTemplates,
+    options: &FitOptions,
+) -> Result<Representations> {
+    let mut parts = vec![val_material.all_clean.clone()];
+    if !calibration.is_empty() {
+        parts.push(Representations::compute(model, device, &calibration.images, templates, options.batch_size)?);
+    }
+    if options.benign_corruptions {
+        parts.push(corrupted_correct(model, device, val_part, templates, options)?);
+        if !calibration.is_empty() {
+            parts.push(corrupted_correct(model, device, calibration, templates, options)?);
+        }
+    }
+    let refs: Vec<&Representations> = parts.iter().collect();
+    Ok(Representations::concat(&refs).expect("at least the held-out part"))
 }
 
 /// Templates from the clean images of `data` that the model classifies correctly.
@@ -156,30 +194,23 @@ pub struct DetectorFit {
     pub blocks: Vec<AttackBlock>,
     /// Which fit images the model classifies correctly.
     pub fit_correct: Vec<bool>,
-    /// Clean validation rows (the threshold's) and the attacked validation rows.
+    /// Clean validation rows (correctly classified) and the attacked validation rows.
     pub val_clean: Representations,
     pub val_adv: Representations,
+    /// What the threshold is set on ([`threshold_rows`]).
+    pub threshold_rows: Representations,
 }
 
-/// Fits the detector on the first images of `train`, validating on the rest.
-pub fn fit_path_detector(
-    model: &DecoupledCnn,
-    model_hash: &str,
-    device: Device,
-    template_set: &Dataset,
-    train: &Dataset,
-    options: &FitOptions,
-) -> Result<PathDetector> {
-    Ok(fit_detector_parts(model, model_hash, device, template_set, train, options)?.detector)
-}
-
-/// [`fit_path_detector`], keeping what the fit used.
+/// Fits the detector on the first images of `train`, validating on the rest; the threshold is
+/// set on the clean held-out images and on `calibration` (clean images seen by neither the fit
+/// nor the templates' attacks; may be empty).
 pub fn fit_detector_parts(
     model: &DecoupledCnn,
     model_hash: &str,
     device: Device,
     template_set: &Dataset,
     train: &Dataset,
+    calibration: &Dataset,
     options: &FitOptions,
 ) -> Result<DetectorFit> {
     if !(options.validation_fraction > 0.0 && options.validation_fraction < 1.0) {
@@ -211,7 +242,8 @@ pub fn fit_detector_parts(
     let val_material = AttackMaterial::build(model, device, &val_part, &detector.templates, &planned, &material_options)?;
     let (val_clean, _) = negatives(&val_material, model, device, &val_part, &detector.templates, options)?;
     let val_adv = val_material.adversarial().expect("at least one attack");
-    detector.calibrate(&val_clean, options.target_fpr)?;
+    let threshold_rows = threshold_rows(&val_material, model, device, &val_part, calibration, &detector.templates, options)?;
+    detector.calibrate(&threshold_rows, options.target_fpr)?;
     let validation = validate(&detector, &val_clean, &val_adv)?;
 
     detector.record = Some(DetectorRecord {
@@ -221,6 +253,7 @@ pub fn fit_detector_parts(
         benign_corruption_rows: corrupted_rows,
         adversarial_rows: adversarial.len(),
         validation_clean_rows: val_clean.len(),
+        threshold_rows: threshold_rows.len(),
         target_false_positive_rate: options.target_fpr,
         validation,
         seconds: started.elapsed().as_secs_f64(),
@@ -235,6 +268,7 @@ pub fn fit_detector_parts(
         blocks: fit_material.attacks,
         val_clean,
         val_adv,
+        threshold_rows,
     })
 }
 

@@ -43,9 +43,9 @@ pub fn harden_detector(
     if options.eps.is_empty() {
         return Err(Error::InvalidInput("hardening needs at least one L-inf budget (--harden-eps)".into()));
     }
-    let DetectorFit { mut detector, fit_part, val_part, clean, mut blocks, fit_correct, val_clean, val_adv } = fit;
+    let DetectorFit { mut detector, fit_part, val_part, clean, mut blocks, fit_correct, val_clean, val_adv, threshold_rows } = fit;
     let labels = Vec::<i64>::try_from(fit_part.labels.to_kind(Kind::Int64))?;
-    let parts = Parts { model, model_hash, device, fit_part: &fit_part, val_part: &val_part, val_clean: &val_clean };
+    let parts = Parts { model, model_hash, device, fit_part: &fit_part, val_part: &val_part, threshold_rows: &threshold_rows };
     let mut rounds = vec![parts.measure(&detector, options, 0, 0, Instant::now())?];
     for round in 1..=options.rounds {
         let started = Instant::now();
@@ -70,7 +70,7 @@ pub fn harden_detector(
         }
         let refs: Vec<&AttackBlock> = blocks.iter().collect();
         let mut next = PathDetector::new(model_hash, detector.templates.clone(), fit_experts(model, &clean, &refs)?);
-        next.calibrate(&val_clean, options.target_fpr)?;
+        next.calibrate(&threshold_rows, options.target_fpr)?;
         next.record = detector.record.take();
         detector = next;
         rounds.push(parts.measure(&detector, options, round, added, started)?);
@@ -93,7 +93,8 @@ struct Parts<'a> {
     device: Device,
     fit_part: &'a Dataset,
     val_part: &'a Dataset,
-    val_clean: &'a Representations,
+    /// The clean rows the threshold is set on.
+    threshold_rows: &'a Representations,
 }
 
 impl Parts<'_> {
@@ -118,7 +119,7 @@ impl Parts<'_> {
                 model_alone_accuracy: result.model_alone_accuracy,
             });
         }
-        let scores = detector.score_representations(self.val_clean)?;
+        let scores = detector.score_representations(self.threshold_rows)?;
         let flagged = scores.iter().filter(|&&s| s >= detector.threshold()).count() as f64 / scores.len().max(1) as f64;
         let line: Vec<String> = budgets.iter().map(|b| format!("SR@5 {:.3} at eps {}", b.sr_at_5, b.eps)).collect();
         eprintln!("hardening round {round}: {added_rows} rows added; validation: {}; clean flagged {flagged:.3}", line.join(", "));

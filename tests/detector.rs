@@ -16,7 +16,7 @@ fn fit_detector_writes_a_detector_that_loads_beats_chance_and_can_learn_benign_c
         let out = dir.path().join(name);
         let run = Command::new(env!("CARGO_BIN_EXE_pathguard"))
             .args(["fit-detector", "--device", "cpu", "--limit", "400", "--methods", "fgsm,pgd,pgd-early-stop", "--eps", "0.1"])
-            .args(["--pgd-steps", "5", "--model"])
+            .args(["--pgd-steps", "5", "--calibration-images", "1000", "--model"])
             .arg(crate::default_model_dir())
             .args(extra)
             .arg("--out")
@@ -34,6 +34,9 @@ fn fit_detector_writes_a_detector_that_loads_beats_chance_and_can_learn_benign_c
     assert!(record.clean_rows > 100 && record.adversarial_rows > 100, "{record:?}");
     assert!(record.validation.auroc > 0.6, "validation AUROC {}", record.validation.auroc);
     assert!((0.0..=1.0).contains(&detector.threshold()));
+    // The threshold is set on every clean held-out image (80 of 400) and the 1,000 training
+    // images after them, right or wrong, so that its 5% holds on unseen clean images.
+    assert_eq!(record.threshold_rows, 80 + 1000, "{record:?}");
     // Two experts: gate logits (full-strength attacks) and path statistics (early-stopped PGD).
     assert_eq!(detector.experts.len(), 2);
     assert_eq!(detector.experts[0].features.len(), 624);
@@ -48,6 +51,13 @@ fn fit_detector_writes_a_detector_that_loads_beats_chance_and_can_learn_benign_c
     let out_pass = tch::no_grad(|| checkpoint.model.forward_with_path(&test.images, pathguard::model::GateMode::Eval));
     let scores = detector.score(&out_pass).unwrap();
     assert!(scores.iter().all(|s| (0.0..=1.0).contains(s)));
+    // ... and flags about 5% of 2,000 clean test images it never saw (binomial sd 0.5 points).
+    let unseen = pathguard::data::fashion_mnist::load(&pathguard::data::fashion_mnist::default_dir(), pathguard::data::Split::Test)
+        .unwrap()
+        .take(2000);
+    let unseen_pass = tch::no_grad(|| checkpoint.model.forward_with_path(&unseen.images, pathguard::model::GateMode::Eval));
+    let flagged = detector.score(&unseen_pass).unwrap().iter().filter(|&&s| s >= detector.threshold()).count();
+    assert!((60..=140).contains(&flagged), "{flagged} of 2000 clean test images flagged at a 5% threshold");
 
     // A detector refuses a model it was not fitted on.
     let err = PathDetector::load(&out, &"0".repeat(64)).unwrap_err().to_string();
