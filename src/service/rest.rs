@@ -146,15 +146,15 @@ async fn infer_version(
     let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
         HttpError(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than the limit of {limit} bytes"))
     })?;
-    let (request, binary_outputs) = parse_infer(&body, &headers, name, version)?;
+    let ParsedInfer { request, binary_outputs, data_field } = parse_infer(&body, &headers, name, version)?;
     let response = rest
         .inference
         .screening
         .call("HttpInfer", None, rest.inference.infer(request, None))
         .await
         // The shared validation names the gRPC fields; the JSON's are the same but for
-        // the raw contents.
-        .map_err(|s| Status::new(s.code(), s.message().replace("raw_input_contents", "inputs[0].data")))?;
+        // the raw contents, which are where this request put them.
+        .map_err(|s| Status::new(s.code(), s.message().replace("raw_input_contents", &data_field)))?;
     Ok(infer_response(response, &binary_outputs))
 }
 
@@ -269,13 +269,17 @@ fn json_bytes(i: usize, datatype: &str, values: &[f64]) -> Result<Vec<u8>, HttpE
     }
 }
 
-/// The request as the protocol's gRPC message, and the outputs to answer in binary.
-fn parse_infer(
-    body: &Bytes,
-    headers: &HeaderMap,
-    model_name: String,
-    model_version: String,
-) -> Result<(ModelInferRequest, Vec<String>), HttpError> {
+/// An HTTP infer request as the protocol's gRPC message.
+struct ParsedInfer {
+    request: ModelInferRequest,
+    /// The outputs to answer in binary.
+    binary_outputs: Vec<String>,
+    /// Where the body put the first input's data, for error messages: `inputs[0].data`, or
+    /// its binary part.
+    data_field: String,
+}
+
+fn parse_infer(body: &Bytes, headers: &HeaderMap, model_name: String, model_version: String) -> Result<ParsedInfer, HttpError> {
     let json_len = json_length(headers, body.len())?;
     let (json_part, mut binary) = match json_len {
         Some(n) => (&body[..n], &body[n..]),
@@ -285,7 +289,11 @@ fn parse_infer(
         serde_json::from_slice(json_part).map_err(|e| bad_request(format!("the request is not a valid inference request: {e}")))?;
     let mut raw = Vec::with_capacity(parsed.inputs.len());
     let mut inputs = Vec::with_capacity(parsed.inputs.len());
+    let mut data_field = "inputs[0].data".to_string();
     for (i, input) in parsed.inputs.into_iter().enumerate() {
+        if i == 0 && input.parameters.contains_key("binary_data_size") {
+            data_field = "the binary data of inputs[0] (after the JSON part)".into();
+        }
         let bytes = match (input.parameters.get("binary_data_size"), input.data) {
             (Some(_), Some(_)) => return Err(bad_request(format!("inputs[{i}]: both data and binary_data_size; use one"))),
             (Some(size), None) => {
@@ -339,7 +347,7 @@ fn parse_infer(
         outputs,
         raw_input_contents: raw,
     };
-    Ok((request, binary_outputs))
+    Ok(ParsedInfer { request, binary_outputs, data_field })
 }
 
 /// JSON values of one raw output tensor.
@@ -391,6 +399,10 @@ mod tests {
     use super::*;
 
     fn parse(body: &[u8], json_len: Option<usize>) -> Result<(ModelInferRequest, Vec<String>), String> {
+        parse_all(body, json_len).map(|p| (p.request, p.binary_outputs))
+    }
+
+    fn parse_all(body: &[u8], json_len: Option<usize>) -> Result<ParsedInfer, String> {
         let mut headers = HeaderMap::new();
         if let Some(n) = json_len {
             headers.insert(HEADER_LENGTH, HeaderValue::from(n));
@@ -417,6 +429,10 @@ mod tests {
         let (request, binary) = parse(&body, Some(json.len())).unwrap();
         assert_eq!(request.raw_input_contents, vec![vec![7u8, 8, 9]]);
         assert_eq!(binary, vec!["adversarial_score".to_string()]);
+        // Errors about the pixels then name the binary part, not a "data" field it lacks.
+        assert!(parse_all(&body, Some(json.len())).unwrap().data_field.contains("binary data of inputs[0]"));
+        let flat = br#"{"inputs": [{"name": "images", "shape": [1], "datatype": "UINT8", "data": [1]}]}"#;
+        assert_eq!(parse_all(flat, None).unwrap().data_field, "inputs[0].data");
         // Bytes no input claims, or fewer than claimed, are errors.
         let mut extra = body.clone();
         extra.push(1);
