@@ -37,7 +37,7 @@ pub struct FitOptions {
 }
 
 /// The clean rows of `material` and, with `benign` on, those of the mildly corrupted versions of
-/// `data` that the model still classifies correctly.
+/// `data` that the model still classifies correctly (also returned alone).
 fn negatives(
     material: &AttackMaterial,
     model: &DecoupledCnn,
@@ -45,14 +45,13 @@ fn negatives(
     data: &Dataset,
     templates: &PathTemplates,
     options: &FitOptions,
-) -> Result<(Representations, usize)> {
+) -> Result<(Representations, Option<Representations>)> {
     let clean = material.clean();
     if !options.benign_corruptions {
-        return Ok((clean, 0));
+        return Ok((clean, None));
     }
     let kept = corrupted_correct(model, device, data, templates, options)?;
-    let rows = kept.len();
-    Ok((Representations::concat(&[&clean, &kept]).expect("two parts"), rows))
+    Ok((Representations::concat(&[&clean, &kept]).expect("two parts"), Some(kept)))
 }
 
 /// The mildly corrupted versions of `data` that the model still classifies correctly.
@@ -72,12 +71,13 @@ fn corrupted_correct(
 
 /// The rows the threshold is set on: every clean image of the held-out part and of
 /// `calibration`, right or wrong (a misclassified benign image that gets flagged is still a
-/// benign image flagged), and with `benign` on the mild corruptions the model gets right.
+/// benign image flagged), and with `benign` on the mild corruptions the model gets right (the
+/// held-out part's already computed, `val_corrupted`).
 fn threshold_rows(
     val_material: &AttackMaterial,
+    val_corrupted: Option<Representations>,
     model: &DecoupledCnn,
     device: Device,
-    val_part: &Dataset,
     calibration: &Dataset,
     templates: &PathTemplates,
     options: &FitOptions,
@@ -86,11 +86,9 @@ fn threshold_rows(
     if !calibration.is_empty() {
         parts.push(Representations::compute(model, device, &calibration.images, templates, options.batch_size)?);
     }
-    if options.benign_corruptions {
-        parts.push(corrupted_correct(model, device, val_part, templates, options)?);
-        if !calibration.is_empty() {
-            parts.push(corrupted_correct(model, device, calibration, templates, options)?);
-        }
+    parts.extend(val_corrupted);
+    if options.benign_corruptions && !calibration.is_empty() {
+        parts.push(corrupted_correct(model, device, calibration, templates, options)?);
     }
     let refs: Vec<&Representations> = parts.iter().collect();
     Ok(Representations::concat(&refs).expect("at least the held-out part"))
@@ -234,15 +232,15 @@ pub fn fit_detector_parts(
     let material_options =
         MaterialOptions { gates: options.gates, batch_size: options.batch_size, show_progress: options.show_progress, keep_images: false };
     let fit_material = AttackMaterial::build(model, device, &fit_part, &templates, &planned, &material_options)?;
-    let (clean, corrupted_rows) = negatives(&fit_material, model, device, &fit_part, &templates, options)?;
+    let (clean, corrupted) = negatives(&fit_material, model, device, &fit_part, &templates, options)?;
     let adversarial = fit_material.adversarial().expect("at least one attack");
     let blocks: Vec<&AttackBlock> = fit_material.attacks.iter().collect();
     let mut detector = PathDetector::new(model_hash, templates, fit_experts(model, &clean, &blocks)?);
 
     let val_material = AttackMaterial::build(model, device, &val_part, &detector.templates, &planned, &material_options)?;
-    let (val_clean, _) = negatives(&val_material, model, device, &val_part, &detector.templates, options)?;
+    let (val_clean, val_corrupted) = negatives(&val_material, model, device, &val_part, &detector.templates, options)?;
     let val_adv = val_material.adversarial().expect("at least one attack");
-    let threshold_rows = threshold_rows(&val_material, model, device, &val_part, calibration, &detector.templates, options)?;
+    let threshold_rows = threshold_rows(&val_material, val_corrupted, model, device, calibration, &detector.templates, options)?;
     detector.calibrate(&threshold_rows, options.target_fpr)?;
     let validation = validate(&detector, &val_clean, &val_adv)?;
 
@@ -250,7 +248,7 @@ pub fn fit_detector_parts(
         attacks: options.attacks.iter().map(AttackSpec::describe).collect(),
         train_images: n,
         clean_rows: clean.len(),
-        benign_corruption_rows: corrupted_rows,
+        benign_corruption_rows: corrupted.map_or(0, |c| c.len()),
         adversarial_rows: adversarial.len(),
         validation_clean_rows: val_clean.len(),
         threshold_rows: threshold_rows.len(),
