@@ -47,7 +47,8 @@ struct Control {
     fc2: Vec<f32>,
     fc2_bias: Vec<f32>,
     hidden: usize,
-    mi_head: Tensor,
+    /// `[classes][out]`
+    mi_head: Vec<f32>,
 }
 
 /// The eval-mode network prepared for gated execution (its own copies of the folded weights).
@@ -56,8 +57,9 @@ pub struct GatedNetwork {
     /// The input standardisation `(mean, std)`, `[1, C, 1, 1]` each, if the model has one.
     input_norm: Option<(Tensor, Tensor)>,
     layers: Vec<FoldedLayer>,
-    classifier_weight: Tensor,
-    classifier_bias: Tensor,
+    /// `[classes][C_last]`
+    classifier_weight: Vec<f32>,
+    classifier_bias: Vec<f32>,
 }
 
 /// The values of `t` in row-major order. Activations on the CPU are copied straight out:
@@ -93,7 +95,7 @@ impl GatedNetwork {
                     fc2: floats(&c.fc2.ws)?,
                     fc2_bias: floats(required(&c.fc2.bs, "FC2 biases"))?,
                     hidden: c.fc1.ws.size()[0] as usize,
-                    mi_head: c.mi_head.ws.detach(),
+                    mi_head: floats(&c.mi_head.ws)?,
                 }),
                 None => None,
             };
@@ -116,8 +118,8 @@ impl GatedNetwork {
         Ok(GatedNetwork {
             input_norm,
             layers,
-            classifier_weight: model.classifier.ws.detach(),
-            classifier_bias: required(&model.classifier.bs, "classifier biases").detach(),
+            classifier_weight: floats(&model.classifier.ws)?,
+            classifier_bias: floats(required(&model.classifier.bs, "classifier biases"))?,
         })
     }
 
@@ -129,9 +131,10 @@ impl GatedNetwork {
         let _guard = tch::no_grad_guard();
         let n = x.size()[0] as usize;
         let device = x.device();
-        let to_tensor = |values: &[f32], shape: &[i64]| {
-            let t = Tensor::from_slice(values).view(shape);
-            if device == Device::Cpu { t } else { t.to_device(device) }
+        // One libtorch call per tensor made from host values (no reshaping view after it).
+        let to_tensor = |values: &[f32], shape: &[i64]| -> Result<Tensor> {
+            let t = Tensor::f_from_data_size(bytemuck::cast_slice(values), shape, Kind::Float)?;
+            Ok(if device == Device::Cpu { t } else { t.to_device(device) })
         };
         let mut h = match &self.input_norm {
             Some((mean, std)) => (x - mean) / std,
@@ -142,12 +145,19 @@ impl GatedNetwork {
         let (mut gates, mut gate_logits, mut mi_logits) = (Vec::new(), Vec::new(), Vec::new());
         // Each layer's input at full width, kept while a residual block that starts there needs it.
         let mut block_inputs: Vec<Option<Tensor>> = Vec::with_capacity(self.layers.len());
+        // The channel means of `h` when the layer before computed them on the host.
+        let mut channel_means: Option<Vec<f32>> = None;
         for layer in &self.layers {
             block_inputs.push(layer.starts_block.then(|| scatter_channels(&h, present.as_deref(), layer.in_channels)));
-            let mut multiplier = None;
+            let means_of_input = channel_means.take();
+            // Per input, the gates of the kept filters, where some of them are closed.
+            let mut multiplier: Option<Vec<f32>> = None;
             let (weight, bias, kept) = match &layer.control {
                 Some(control) => {
-                    let pooled = floats(&h.mean_dim([2i64, 3].as_slice(), false, Kind::Float))?;
+                    let pooled = match means_of_input {
+                        Some(means) => means,
+                        None => floats(&h.mean_dim([2i64, 3].as_slice(), false, Kind::Float))?,
+                    };
                     let logits = control.gate_logits(&pooled, n, present.as_deref(), layer.in_channels);
                     let z: Vec<f32> = logits.iter().map(|&y| if y > 0.0 { 1.0 } else { 0.0 }).collect();
                     let out = layer.out_channels;
@@ -159,57 +169,74 @@ impl GatedNetwork {
                     }
                     // At N = 1 every kept filter is open: no gate to multiply.
                     if n > 1 || all_closed {
-                        let kept: Vec<f32> = (0..n).flat_map(|i| open.iter().map(|&o| z[i * out + o]).collect::<Vec<_>>()).collect();
-                        multiplier = Some(to_tensor(&kept, &[n as i64, open.len() as i64, 1, 1]));
+                        multiplier = Some((0..n).flat_map(|i| open.iter().map(|&o| z[i * out + o]).collect::<Vec<_>>()).collect());
                     }
-                    let z = to_tensor(&z, &[n as i64, out as i64]);
                     if heads {
-                        mi_logits.push(z.linear::<Tensor>(&control.mi_head, None));
+                        let classes = control.mi_head.len() / out;
+                        mi_logits.push(to_tensor(&linear(&z, n, &control.mi_head, None), &[n as i64, classes as i64])?);
                     }
-                    gates.push(z);
-                    gate_logits.push(to_tensor(&logits, &[n as i64, out as i64]));
+                    gates.push(to_tensor(&z, &[n as i64, out as i64])?);
+                    gate_logits.push(to_tensor(&logits, &[n as i64, out as i64])?);
                     let (weight, bias) = layer.gather(&open, present.as_deref());
-                    (to_tensor(&weight, &[open.len() as i64, -1, 3, 3]), to_tensor(&bias, &[-1]), Some(open))
+                    (to_tensor(&weight, &layer.weight_shape(open.len(), present.as_deref()))?, to_tensor(&bias, &[open.len() as i64])?, Some(open))
                 }
                 None => match &present {
                     None => (layer.weight_tensor.shallow_clone(), layer.bias_tensor.shallow_clone(), None),
                     Some(inputs) => {
                         let all: Vec<usize> = (0..layer.out_channels).collect();
                         let (weight, bias) = layer.gather(&all, Some(inputs));
-                        (to_tensor(&weight, &[all.len() as i64, -1, 3, 3]), to_tensor(&bias, &[-1]), None)
+                        (to_tensor(&weight, &layer.weight_shape(all.len(), Some(inputs)))?, to_tensor(&bias, &[all.len() as i64])?, None)
                     }
                 },
             };
             let stride = [layer.stride, layer.stride];
             h = h.conv2d(&weight, Some(&bias), stride, [1, 1], [1, 1], 1);
+            let gate_tensor = |gates: &[f32]| to_tensor(gates, &[n as i64, (gates.len() / n.max(1)) as i64, 1, 1]);
             match layer.residual_from {
+                // On the CPU, ReLU, gate, pooling and the channel means the next controlling
+                // module reads run on the host: a few thousand numbers at batch 1, for which
+                // libtorch's per-call cost and thread hand-offs outweigh the work.
+                None if device == Device::Cpu => {
+                    let size = h.size();
+                    let shape = [size[0] as usize, size[1] as usize, size[2] as usize, size[3] as usize];
+                    let (values, pooled_shape, means) = relu_gate_pool(&floats(&h)?, shape, multiplier.as_deref(), layer.pool_after);
+                    h = to_tensor(&values, &pooled_shape)?;
+                    channel_means = Some(means);
+                }
                 None => {
                     h = h.relu_();
-                    if let Some(m) = multiplier {
-                        h = h * m;
+                    if let Some(gates) = &multiplier {
+                        h = h * gate_tensor(gates)?;
+                    }
+                    if layer.pool_after {
+                        h = h.max_pool2d_default(2);
                     }
                 }
                 Some(from) => {
                     // Gate the conv, widen it back to every channel, add the shortcut, ReLU.
-                    if let Some(m) = multiplier {
-                        h = h * m;
+                    if let Some(gates) = &multiplier {
+                        h = h * gate_tensor(gates)?;
                     }
                     h = scatter_channels(&h, kept.as_deref(), layer.out_channels);
                     let input = block_inputs[from].take().expect("a block's input is kept until its end");
                     let size = h.size();
                     h = (h + super::decoupled::shortcut(&input, size[1], size[2])).relu_();
+                    if layer.pool_after {
+                        h = h.max_pool2d_default(2);
+                    }
                 }
             }
-            let kept = if layer.residual_from.is_some() { None } else { kept };
-            if layer.pool_after {
-                h = h.max_pool2d_default(2);
-            }
-            present = kept;
+            present = if layer.residual_from.is_some() { None } else { kept };
         }
         let last = self.layers.last().map_or(0, |l| l.out_channels);
-        let compact = floats(&h.mean_dim([2i64, 3].as_slice(), false, Kind::Float))?;
-        let penultimate = to_tensor(&scatter_rows(&compact, n, present.as_deref(), last), &[n as i64, last as i64]);
-        let logits = penultimate.linear(&self.classifier_weight, Some(&self.classifier_bias));
+        let compact = match channel_means {
+            Some(means) => means,
+            None => floats(&h.mean_dim([2i64, 3].as_slice(), false, Kind::Float))?,
+        };
+        let penultimate = scatter_rows(&compact, n, present.as_deref(), last);
+        let classes = self.classifier_bias.len();
+        let logits = to_tensor(&linear(&penultimate, n, &self.classifier_weight, Some(&self.classifier_bias)), &[n as i64, classes as i64])?;
+        let penultimate = to_tensor(&penultimate, &[n as i64, last as i64])?;
         Ok(ForwardOutput { logits, gates, pooled_outputs: Vec::new(), mi_logits, gate_logits, penultimate })
     }
 
@@ -237,6 +264,11 @@ impl GatedNetwork {
 }
 
 impl FoldedLayer {
+    /// The shape of the weights [`FoldedLayer::gather`] returns for `outputs` filters.
+    fn weight_shape(&self, outputs: usize, inputs: Option<&[usize]>) -> [i64; 4] {
+        [outputs as i64, inputs.map_or(self.in_channels, <[usize]>::len) as i64, 3, 3]
+    }
+
     /// The weights of filters `outputs` over the input channels `inputs` (all when None).
     fn gather(&self, outputs: &[usize], inputs: Option<&[usize]>) -> (Vec<f32>, Vec<f32>) {
         let kernel = 9;
@@ -283,6 +315,51 @@ impl Control {
         }
         logits
     }
+}
+
+/// ReLU, then the gates (`[n][c]`, if any), then 2x2 max-pooling (if `pool`; odd sides
+/// floored, as `max_pool2d(2)`) of a conv output `values` `[n][c][h][w]`: the result, its
+/// shape and its per-channel means `[n][c]` (the next controlling module's GAP). Exact but
+/// for the means, which accumulate in f64.
+fn relu_gate_pool(values: &[f32], shape: [usize; 4], gates: Option<&[f32]>, pool: bool) -> (Vec<f32>, [i64; 4], Vec<f32>) {
+    let [n, c, h, w] = shape;
+    let (out_h, out_w) = if pool { (h / 2, w / 2) } else { (h, w) };
+    let mut out = Vec::with_capacity(n * c * out_h * out_w);
+    let mut means = Vec::with_capacity(n * c);
+    for (plane_index, plane) in values.chunks(h * w).take(n * c).enumerate() {
+        // A gate is 0 or 1 and ReLU's output is >= 0, so gating commutes with the pooling.
+        let gate = gates.map_or(1.0, |g| g[plane_index]);
+        let start = out.len();
+        if pool {
+            for y in 0..out_h {
+                let (top, bottom) = (&plane[2 * y * w..], &plane[(2 * y + 1) * w..]);
+                for x in 0..out_w {
+                    let max = top[2 * x].max(top[2 * x + 1]).max(bottom[2 * x]).max(bottom[2 * x + 1]);
+                    out.push(max.max(0.0) * gate);
+                }
+            }
+        } else {
+            out.extend(plane.iter().map(|&v| v.max(0.0) * gate));
+        }
+        let sum: f64 = out[start..].iter().map(|&v| v as f64).sum();
+        means.push((sum / (out_h * out_w).max(1) as f64) as f32);
+    }
+    (out, [n as i64, c as i64, out_h as i64, out_w as i64], means)
+}
+
+/// `rows [n][k] · weightᵀ + bias` for `weight [m][k]`, accumulated in f64 (so it rounds no
+/// worse than libtorch's f32 matmul): a few hundred numbers, cheaper here than a libtorch call.
+fn linear(rows: &[f32], n: usize, weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let k = rows.len() / n.max(1);
+    let m = weight.len() / k.max(1);
+    let mut out = Vec::with_capacity(n * m);
+    for row in rows.chunks(k.max(1)).take(n) {
+        for j in 0..m {
+            let sum: f64 = weight[j * k..(j + 1) * k].iter().zip(row).map(|(&w, &x)| w as f64 * x as f64).sum();
+            out.push((sum + bias.map_or(0.0, |b| b[j] as f64)) as f32);
+        }
+    }
+    out
 }
 
 /// `x` `[N, k, H, W]`, whose k channels are the channels `present` of `channels`, at full
