@@ -46,6 +46,9 @@ pub struct DetectorRecord {
     /// classified validation rows alone).
     #[serde(default)]
     pub threshold_rows: usize,
+    /// Where the calibration images among them came from, e.g. "the last 5000 test images".
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub calibration: String,
     pub target_false_positive_rate: f64,
     /// Metrics on the validation images (clean vs all attacks), at the chosen threshold.
     pub validation: DetectionMetrics,

@@ -36,8 +36,16 @@ pub struct FitOptions {
     pub seed: i64,
 }
 
+/// The mildly corrupted versions of some images ([`crate::corruptions::mild_mix`]).
+struct Corrupted {
+    /// Every one, right or wrong: benign traffic, which the threshold must let through.
+    all: Representations,
+    /// The rows the model still classifies correctly: the experts' extra clean rows.
+    correct: Vec<usize>,
+}
+
 /// The clean rows of `material` and, with `benign` on, those of the mildly corrupted versions of
-/// `data` that the model still classifies correctly (also returned alone).
+/// `data` that the model still classifies correctly (the corrupted images also returned).
 fn negatives(
     material: &AttackMaterial,
     model: &DecoupledCnn,
@@ -45,37 +53,32 @@ fn negatives(
     data: &Dataset,
     templates: &PathTemplates,
     options: &FitOptions,
-) -> Result<(Representations, Option<Representations>)> {
+) -> Result<(Representations, Option<Corrupted>)> {
     let clean = material.clean();
     if !options.benign_corruptions {
         return Ok((clean, None));
     }
-    let kept = corrupted_correct(model, device, data, templates, options)?;
-    Ok((Representations::concat(&[&clean, &kept]).expect("two parts"), Some(kept)))
+    let corrupted = corrupt(model, device, data, templates, options)?;
+    let kept = corrupted.all.select(&corrupted.correct);
+    Ok((Representations::concat(&[&clean, &kept]).expect("two parts"), Some(corrupted)))
 }
 
-/// The mildly corrupted versions of `data` that the model still classifies correctly.
-fn corrupted_correct(
-    model: &DecoupledCnn,
-    device: Device,
-    data: &Dataset,
-    templates: &PathTemplates,
-    options: &FitOptions,
-) -> Result<Representations> {
-    let corrupted = crate::corruptions::mild_mix(&data.images, options.seed)?;
-    let reps = Representations::compute(model, device, &corrupted, templates, options.batch_size)?;
+fn corrupt(model: &DecoupledCnn, device: Device, data: &Dataset, templates: &PathTemplates, options: &FitOptions) -> Result<Corrupted> {
+    let images = crate::corruptions::mild_mix(&data.images, options.seed)?;
+    let all = Representations::compute(model, device, &images, templates, options.batch_size)?;
     let labels = Vec::<i64>::try_from(&data.labels)?;
-    let correct: Vec<usize> = reps.predictions.iter().zip(&labels).enumerate().filter(|(_, (p, l))| p == l).map(|(i, _)| i).collect();
-    Ok(reps.select(&correct))
+    let correct = all.predictions.iter().zip(&labels).enumerate().filter(|(_, (p, l))| p == l).map(|(i, _)| i).collect();
+    Ok(Corrupted { all, correct })
 }
 
 /// The rows the threshold is set on: every clean image of the held-out part and of
 /// `calibration`, right or wrong (a misclassified benign image that gets flagged is still a
-/// benign image flagged), and with `benign` on the mild corruptions the model gets right (the
-/// held-out part's already computed, `val_corrupted`).
+/// benign image flagged), and with `benign` on their mild corruptions, right or wrong too (the
+/// held-out part's already computed, `val_corrupted`). Only correctly classified corrupted
+/// rows would lower the threshold's share of clean ones, whose 5% would then not hold.
 fn threshold_rows(
     val_material: &AttackMaterial,
-    val_corrupted: Option<Representations>,
+    val_corrupted: Option<Corrupted>,
     model: &DecoupledCnn,
     device: Device,
     calibration: &Dataset,
@@ -86,9 +89,9 @@ fn threshold_rows(
     if !calibration.is_empty() {
         parts.push(Representations::compute(model, device, &calibration.images, templates, options.batch_size)?);
     }
-    parts.extend(val_corrupted);
+    parts.extend(val_corrupted.map(|c| c.all));
     if options.benign_corruptions && !calibration.is_empty() {
-        parts.push(corrupted_correct(model, device, calibration, templates, options)?);
+        parts.push(corrupt(model, device, calibration, templates, options)?.all);
     }
     let refs: Vec<&Representations> = parts.iter().collect();
     Ok(Representations::concat(&refs).expect("at least the held-out part"))
@@ -248,10 +251,11 @@ pub fn fit_detector_parts(
         attacks: options.attacks.iter().map(AttackSpec::describe).collect(),
         train_images: n,
         clean_rows: clean.len(),
-        benign_corruption_rows: corrupted.map_or(0, |c| c.len()),
+        benign_corruption_rows: corrupted.map_or(0, |c| c.correct.len()),
         adversarial_rows: adversarial.len(),
         validation_clean_rows: val_clean.len(),
         threshold_rows: threshold_rows.len(),
+        calibration: String::new(),
         target_false_positive_rate: options.target_fpr,
         validation,
         seconds: started.elapsed().as_secs_f64(),

@@ -37,6 +37,7 @@ fn fit_detector_writes_a_detector_that_loads_beats_chance_and_can_learn_benign_c
     // The threshold is set on every clean held-out image (80 of 400) and the 1,000 training
     // images after them, right or wrong, so that its 5% holds on unseen clean images.
     assert_eq!(record.threshold_rows, 80 + 1000, "{record:?}");
+    assert_eq!(record.calibration, "training images 400-1400");
     // Two experts: gate logits (full-strength attacks) and path statistics (early-stopped PGD).
     assert_eq!(detector.experts.len(), 2);
     assert_eq!(detector.experts[0].features.len(), 624);
@@ -64,8 +65,11 @@ fn fit_detector_writes_a_detector_that_loads_beats_chance_and_can_learn_benign_c
     assert!(err.contains("fitted on model") && err.contains("fit-detector"), "{err}");
 
     let plain = detector;
-    let benign = PathDetector::load(&fit("benign.json", &["--benign-corruptions"]), checkpoint.model_hash()).unwrap();
+    // Calibrated on held-out test images this time: the last 1,000, not the 200 below.
+    let benign_fit = fit("benign.json", &["--benign-corruptions", "--calibration-split", "test"]);
+    let benign = PathDetector::load(&benign_fit, checkpoint.model_hash()).unwrap();
     let record = benign.record.as_ref().unwrap();
+    assert_eq!(record.calibration, "the last 1000 test images (9000-10000)");
     assert!(record.benign_corruption_rows > 100, "{record:?}");
     assert!(record.clean_rows > record.benign_corruption_rows, "clean rows include the corrupted ones");
     assert_eq!(plain.record.as_ref().unwrap().benign_corruption_rows, 0);
@@ -77,6 +81,14 @@ fn fit_detector_writes_a_detector_that_loads_beats_chance_and_can_learn_benign_c
     let flag_rate = |d: &PathDetector| d.score(&noisy_pass).unwrap().iter().filter(|&&s| s >= d.threshold()).count();
     let (p, b) = (flag_rate(&plain), flag_rate(&benign));
     assert!(b < p, "noisy images flagged: {b}/200 with benign corruptions in the fit, {p}/200 without");
+
+    // Calibrating on every test image would leave none to measure on: refused, by name.
+    let run = Command::new(env!("CARGO_BIN_EXE_pathguard"))
+        .args(["fit-detector", "--device", "cpu", "--limit", "400", "--calibration-split", "test", "--calibration-images", "10000"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success() && stderr.contains("--calibration-images 10000"), "{stderr}");
 
     std::fs::write(&out, b"{ not json").unwrap();
     assert!(PathDetector::load(&out, checkpoint.model_hash()).unwrap_err().to_string().contains("not a valid detector file"));

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
 use pathguard::attack_set::GateGradient;
 use pathguard::attack_spec::{AttackName, AttackParams};
@@ -48,6 +48,12 @@ pub struct FitDetectorArgs {
     /// images does not hold on the next thousand
     #[arg(long, default_value_t = 5_000)]
     calibration_images: usize,
+    /// Where the calibration images come from: the training images after the first --limit
+    /// (the model has seen them in training, so they look more normal to it than new images
+    /// do), or the *last* N images of the test split (a held-out sample of the images it
+    /// will meet: report figures on the test images before them only)
+    #[arg(long, value_enum, default_value_t = Split::Train)]
+    calibration_split: Split,
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
     #[arg(long, default_value_t = 0)]
@@ -154,7 +160,26 @@ pub fn run_fit_detector(args: FitDetectorArgs) -> Result<()> {
         benign_corruptions: args.benign_corruptions,
         seed: args.seed,
     };
-    let calibration = all_train.slice(args.limit, args.calibration_images);
+    let (calibration, calibration_source) = match args.calibration_split {
+        Split::Train => {
+            let part = all_train.slice(args.limit, args.calibration_images);
+            let source = format!("training images {}-{}", args.limit, args.limit + part.len());
+            (part, source)
+        }
+        Split::Test => {
+            let test = load_split(&args.data, Some(&checkpoint.meta), Split::Test, None)?;
+            if args.calibration_images >= test.len() {
+                bail!(
+                    "--calibration-images {} would leave none of the {} test images to measure the detector on",
+                    args.calibration_images,
+                    test.len()
+                );
+            }
+            let first = test.len() - args.calibration_images;
+            eprintln!("calibrating on test images {first}-{}: measure this detector on the test images before them", test.len());
+            (test.slice(first, args.calibration_images), format!("the last {} test images ({first}-{})", args.calibration_images, test.len()))
+        }
+    };
     let fit = fit_detector_parts(&checkpoint.model, checkpoint.model_hash(), device, &all_train, &train, &calibration, &options)?;
     let detector = if args.harden_rounds == 0 {
         fit.detector
@@ -179,13 +204,17 @@ pub fn run_fit_detector(args: FitDetectorArgs) -> Result<()> {
         };
         harden_detector(&checkpoint.model, checkpoint.model_hash(), device, fit, &hardening)?
     };
+    let mut detector = detector;
+    if let Some(record) = detector.record.as_mut() {
+        record.calibration = calibration_source;
+    }
     let out = args.out.unwrap_or_else(|| args.model.join(DETECTOR_FILE));
     detector.save(&out)?;
     if let Some(r) = &detector.record {
         let v = &r.validation;
         println!(
-            "fitted on {} clean and {} adversarial rows ({}); threshold {:.4} set on {} clean images; validation: AUROC {:.4}, TPR at 5% FPR {:.4}, accuracy {:.4} ({} clean / {} adversarial rows)",
-            r.clean_rows, r.adversarial_rows, r.attacks.join(", "), v.threshold, r.threshold_rows, v.auroc, v.tpr_at_5_fpr, v.detection_accuracy, v.clean, v.adversarial
+            "fitted on {} clean and {} adversarial rows ({}); threshold {:.4} set on {} clean images (calibration: {}); validation: AUROC {:.4}, TPR at 5% FPR {:.4}, accuracy {:.4} ({} clean / {} adversarial rows)",
+            r.clean_rows, r.adversarial_rows, r.attacks.join(", "), v.threshold, r.threshold_rows, r.calibration, v.auroc, v.tpr_at_5_fpr, v.detection_accuracy, v.clean, v.adversarial
         );
     }
     for round in detector.record.iter().flat_map(|r| &r.hardening) {
