@@ -213,12 +213,14 @@ emoji-model: build emoji-data
 emoji-resnet: build emoji-data
 	$(call emoji_run,emoji-resnet,$(EMOJI_ARGS) --arch resnet20)
 
-# The benign-corruption tables of README (reports/corruptions*), for the shipped detector and
-# for the one fitted with mildly corrupted images as clean (make benign-detector).
+# The benign-corruption tables of README (reports/corruptions*), for the shipped detector, for
+# the one fitted with mildly corrupted images as clean (make benign-detector) and for the
+# robust model's.
 corruption-report: build
 	$(BIN) corruption-report --model models/default --out reports/corruptions
 	$(BIN) corruption-report --model models/default --detector models/default/detector-benign.json \
 	  --out reports/corruptions-benign-detector
+	$(BIN) corruption-report --model models/robust --out reports/corruptions-robust
 
 benign-detector: build
 	$(BIN) fit-detector --model models/default $(DETECTOR_ARGS) --benign-corruptions \
