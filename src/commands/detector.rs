@@ -181,7 +181,7 @@ pub fn run_fit_detector(args: FitDetectorArgs) -> Result<()> {
         }
     };
     let fit = fit_detector_parts(&checkpoint.model, checkpoint.model_hash(), device, &all_train, &train, &calibration, &options)?;
-    let detector = if args.harden_rounds == 0 {
+    let mut detector = if args.harden_rounds == 0 {
         fit.detector
     } else {
         let hardening = HardeningOptions {
@@ -204,7 +204,6 @@ pub fn run_fit_detector(args: FitDetectorArgs) -> Result<()> {
         };
         harden_detector(&checkpoint.model, checkpoint.model_hash(), device, fit, &hardening)?
     };
-    let mut detector = detector;
     if let Some(record) = detector.record.as_mut() {
         record.calibration = calibration_source;
     }

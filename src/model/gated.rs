@@ -196,7 +196,7 @@ impl GatedNetwork {
                 // One input on the CPU: ReLU, gate, pooling and the channel means the next
                 // controlling module reads run on the host, a few thousand numbers for which
                 // libtorch's per-call cost and thread hand-offs outweigh the work (measured:
-                // +10-15% at batch 1; at batch 8-128 libtorch's vectorised threads win).
+                // +6-14% at batch 1; at batch 8-128 libtorch's vectorised threads win).
                 None if device == Device::Cpu && n == 1 => {
                     let size = h.size();
                     let shape = [size[0] as usize, size[1] as usize, size[2] as usize, size[3] as usize];
@@ -327,7 +327,7 @@ fn relu_gate_pool(values: &[f32], shape: [usize; 4], gates: Option<&[f32]>, pool
     let (out_h, out_w) = if pool { (h / 2, w / 2) } else { (h, w) };
     let mut out = Vec::with_capacity(n * c * out_h * out_w);
     let mut means = Vec::with_capacity(n * c);
-    for (plane_index, plane) in values.chunks(h * w).take(n * c).enumerate() {
+    for (plane_index, plane) in values.chunks((h * w).max(1)).take(n * c).enumerate() {
         // A gate is 0 or 1 and ReLU's output is >= 0, so gating commutes with the pooling.
         let gate = gates.map_or(1.0, |g| g[plane_index]);
         let start = out.len();
