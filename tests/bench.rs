@@ -69,11 +69,14 @@ fn bench_execution_runs_dense_and_gated_side_by_side_with_the_same_outputs() {
     let rows = json["rows"].as_array().unwrap();
     assert_eq!(rows.iter().map(|r| r["batch"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 8]);
     for row in rows {
-        for key in ["dense", "gated_union", "gated_each"] {
+        // The shipped network is plain: its dense pass on the host kernels is measured too.
+        for key in ["dense", "gated_union", "gated_each", "dense_each_on_host"] {
             assert!(row[key].as_f64().unwrap() > 0.0, "{row}");
         }
     }
-    for (strategy, agreement) in json["agreement_with_dense"].as_object().unwrap() {
+    let agreement = json["agreement_with_dense"].as_object().unwrap();
+    assert_eq!(agreement.len(), 3, "{agreement:?}");
+    for (strategy, agreement) in agreement {
         assert_eq!(agreement["inputs"].as_u64(), Some(24), "{strategy}");
         assert_eq!(agreement["inputs_whose_path_differs"].as_u64(), Some(0), "{strategy}");
         assert!(agreement["max_abs_logit_difference"].as_f64().unwrap() < 1e-4, "{strategy}");

@@ -226,19 +226,33 @@ fn detect(args: &BenchArgs, device: Device, test: &Dataset, out: &Path) -> Resul
 }
 
 /// `bench execution`: the three strategies of [`Inference`] in one process on the same images,
-/// alternating round by round so that drifts of the machine's speed hit all of them alike.
+/// alternating round by round so that drifts of the machine's speed hit all of them alike;
+/// and, where one image runs on the host (CPU, plain network), the dense pass on the gated
+/// pass's host kernels (one pass per input, every filter computed): what skipping filters
+/// saves, apart from what the kernels save.
 fn compare_execution(args: &BenchArgs, device: Device, test: &Dataset) -> Result<serde_json::Value> {
+    use pathguard::model::{ForwardOutput, GatedNetwork};
     let checkpoint = Checkpoint::load(&args.model, device)?;
     let model = &checkpoint.model;
     let inference = Inference::new(model, Execution::Gated)?;
-    let strategies = [Strategy::Dense, Strategy::GatedUnion, Strategy::GatedEach];
+    let host = GatedNetwork::new(model)?;
     let n = test.len() as i64;
-    let run = |strategy: Strategy, batch: usize| -> Result<Vec<pathguard::model::ForwardOutput>> {
+    let host_runs = host.forward_each_all_filters(&test.images.narrow(0, 0, 1.min(n)))?.is_some();
+    let mut strategies = vec!["dense", "gated_union", "gated_each"];
+    if host_runs {
+        strategies.push("dense_each_on_host");
+    }
+    let run = |strategy: &str, batch: usize| -> Result<Vec<ForwardOutput>> {
         (0..n)
             .step_by(batch)
             .map(|start| {
                 let x = test.images.narrow(0, start, (batch as i64).min(n - start)).to_device(device);
-                Ok(inference.forward_with(model, &x, strategy)?)
+                Ok(match strategy {
+                    "dense" => inference.forward_with(model, &x, Strategy::Dense)?,
+                    "gated_union" => inference.forward_with(model, &x, Strategy::GatedUnion)?,
+                    "gated_each" => inference.forward_with(model, &x, Strategy::GatedEach)?,
+                    _ => host.forward_each_all_filters(&x)?.expect("checked to run on the host"),
+                })
             })
             .collect()
     };
@@ -247,7 +261,7 @@ fn compare_execution(args: &BenchArgs, device: Device, test: &Dataset) -> Result
         if batch == 0 {
             bail!("--batches must be at least 1");
         }
-        let mut seconds = [0.0f64; 3];
+        let mut seconds = vec![0.0f64; strategies.len()];
         for _ in 0..args.repeats {
             for (k, &strategy) in strategies.iter().enumerate() {
                 let started = Instant::now();
@@ -256,27 +270,33 @@ fn compare_execution(args: &BenchArgs, device: Device, test: &Dataset) -> Result
             }
         }
         let rate = |k: usize| (n as usize * args.repeats) as f64 / seconds[k];
-        eprintln!("batch {batch}: dense {:.0}, gated union {:.0}, gated each {:.0} images/s", rate(0), rate(1), rate(2));
-        rows.push(serde_json::json!({
-            "batch": batch, "dense": rate(0), "gated_union": rate(1), "gated_each": rate(2),
-            "union_over_dense": rate(1) / rate(0), "each_over_dense": rate(2) / rate(0),
-        }));
+        let mut row = serde_json::Map::new();
+        row.insert("batch".into(), batch.into());
+        for (k, &strategy) in strategies.iter().enumerate() {
+            row.insert(strategy.into(), rate(k).into());
+        }
+        row.insert("union_over_dense".into(), (rate(1) / rate(0)).into());
+        row.insert("each_over_dense".into(), (rate(2) / rate(0)).into());
+        if host_runs {
+            row.insert("each_over_dense_each_on_host".into(), (rate(2) / rate(3)).into());
+        }
+        let rates: Vec<String> = strategies.iter().enumerate().map(|(k, s)| format!("{s} {:.0}", rate(k))).collect();
+        eprintln!("batch {batch}: {} images/s", rates.join(", "));
+        rows.push(serde_json::Value::Object(row));
     }
     // Agreement at the largest batch: the union pass is where gates of other inputs matter.
     let batch = args.batches.iter().copied().max().unwrap_or(1);
-    let cat = |outs: &[pathguard::model::ForwardOutput], pick: &dyn Fn(&pathguard::model::ForwardOutput) -> Tensor| {
-        Tensor::cat(&outs.iter().map(pick).collect::<Vec<_>>(), 0)
-    };
-    let dense = run(Strategy::Dense, batch)?;
+    let cat = |outs: &[ForwardOutput], pick: &dyn Fn(&ForwardOutput) -> Tensor| Tensor::cat(&outs.iter().map(pick).collect::<Vec<_>>(), 0);
+    let dense = run("dense", batch)?;
     let (dense_logits, dense_paths) = (cat(&dense, &|o| o.logits.shallow_clone()), cat(&dense, &|o| o.path()));
     let mut agreement = serde_json::Map::new();
-    for strategy in [Strategy::GatedUnion, Strategy::GatedEach] {
+    for &strategy in &strategies[1..] {
         let outs = run(strategy, batch)?;
         let logits = cat(&outs, &|o| o.logits.shallow_clone());
         let paths = cat(&outs, &|o| o.path());
         let differing = paths.ne_tensor(&dense_paths).any_dim(1, false).sum(Kind::Int64).int64_value(&[]);
         agreement.insert(
-            serde_json::to_value(strategy)?.as_str().unwrap_or("gated").to_string(),
+            strategy.to_string(),
             serde_json::json!({
                 "max_abs_logit_difference": (logits - &dense_logits).abs().max().double_value(&[]),
                 "inputs_whose_path_differs": differing,

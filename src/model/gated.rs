@@ -4,14 +4,17 @@
 //! and the weight columns of the previous layer's open filters (the closed ones are exactly
 //! zero). Same logits and path as the dense pass, up to float rounding.
 //!
-//! At batch 1 the convolutions are small and libtorch's per-op cost (about 10 us) would eat
-//! the FLOPs saved, so everything that is not a convolution on an image (the controlling
-//! modules, choosing the open filters, gathering their weights) runs here in Rust on a few
-//! hundred numbers; libtorch runs only GAP, conv, ReLU and pooling.
+//! At batch 1 the convolutions are small and libtorch's per-op cost (about 10 us), copies and
+//! thread hand-offs would eat the FLOPs saved: the controlling modules, the choice of open
+//! filters and the weight gathers always run here in Rust on a few hundred numbers, and one
+//! image on the CPU of a plain network runs wholly on the host (`host_ops.rs`: convolution,
+//! ReLU, gates, pooling). Batches, GPUs and residual networks run their convolutions in
+//! libtorch.
 
 use tch::{Device, Kind, Tensor};
 
 use super::decoupled::{DecoupledCnn, ForwardOutput};
+use super::host_ops::{conv3x3, linear, relu_gate_pool};
 use crate::error::Result;
 
 /// BatchNorm epsilon of the model's layers (`nn::BatchNormConfig::default()`).
@@ -131,18 +134,14 @@ impl GatedNetwork {
         let _guard = tch::no_grad_guard();
         let n = x.size()[0] as usize;
         let device = x.device();
-        // One libtorch call per tensor made from host values (no reshaping view after it).
-        let to_tensor = |values: &[f32], shape: &[i64]| -> Result<Tensor> {
-            let t = Tensor::f_from_data_size(bytemuck::cast_slice(values), shape, Kind::Float)?;
-            Ok(if device == Device::Cpu { t } else { t.to_device(device) })
-        };
-        let mut h = match &self.input_norm {
-            Some((mean, std)) => (x - mean) / std,
-            None => x.shallow_clone(),
-        };
+        if device == Device::Cpu && n == 1 && self.runs_on_host() {
+            return self.forward_one_on_host(x, heads, false);
+        }
+        let to_tensor = tensor_maker(device);
+        let mut h = self.normalized(x);
         // Which of the layer input's channels `h` holds, in order; None = all of them.
         let mut present: Option<Vec<usize>> = None;
-        let (mut gates, mut gate_logits, mut mi_logits) = (Vec::new(), Vec::new(), Vec::new());
+        let mut path = PathOutputs::default();
         // Each layer's input at full width, kept while a residual block that starts there needs it.
         let mut block_inputs: Vec<Option<Tensor>> = Vec::with_capacity(self.layers.len());
         // The channel means of `h` when the layer before computed them on the host.
@@ -150,63 +149,45 @@ impl GatedNetwork {
         for layer in &self.layers {
             block_inputs.push(layer.starts_block.then(|| scatter_channels(&h, present.as_deref(), layer.in_channels)));
             let means_of_input = channel_means.take();
-            // Per input, the gates of the kept filters, where some of them are closed.
-            let mut multiplier: Option<Vec<f32>> = None;
-            let (weight, bias, kept) = match &layer.control {
+            let decision = match &layer.control {
                 Some(control) => {
                     let pooled = match means_of_input {
                         Some(means) => means,
                         None => floats(&h.mean_dim([2i64, 3].as_slice(), false, Kind::Float))?,
                     };
-                    let logits = control.gate_logits(&pooled, n, present.as_deref(), layer.in_channels);
-                    let z: Vec<f32> = logits.iter().map(|&y| if y > 0.0 { 1.0 } else { 0.0 }).collect();
-                    let out = layer.out_channels;
-                    let mut open: Vec<usize> = (0..out).filter(|&o| (0..n).any(|i| z[i * out + o] > 0.0)).collect();
-                    // A layer whose every filter is closed keeps one, zeroed by its gate.
-                    let all_closed = open.is_empty();
-                    if all_closed {
-                        open.push(0);
-                    }
-                    // At N = 1 every kept filter is open: no gate to multiply.
-                    if n > 1 || all_closed {
-                        multiplier = Some((0..n).flat_map(|i| open.iter().map(|&o| z[i * out + o]).collect::<Vec<_>>()).collect());
-                    }
-                    if heads {
-                        let classes = control.mi_head.len() / out;
-                        mi_logits.push(to_tensor(&linear(&z, n, &control.mi_head, None), &[n as i64, classes as i64])?);
-                    }
-                    gates.push(to_tensor(&z, &[n as i64, out as i64])?);
-                    gate_logits.push(to_tensor(&logits, &[n as i64, out as i64])?);
-                    let (weight, bias) = layer.gather(&open, present.as_deref());
-                    (to_tensor(&weight, &layer.weight_shape(open.len(), present.as_deref()))?, to_tensor(&bias, &[open.len() as i64])?, Some(open))
+                    let decision = control.decide(&pooled, n, present.as_deref(), layer.in_channels);
+                    path.record(control, &decision, n, heads, &to_tensor)?;
+                    Some(decision)
                 }
-                None => match &present {
-                    None => (layer.weight_tensor.shallow_clone(), layer.bias_tensor.shallow_clone(), None),
-                    Some(inputs) => {
-                        let all: Vec<usize> = (0..layer.out_channels).collect();
-                        let (weight, bias) = layer.gather(&all, Some(inputs));
-                        (to_tensor(&weight, &layer.weight_shape(all.len(), Some(inputs)))?, to_tensor(&bias, &[all.len() as i64])?, None)
-                    }
-                },
+                None => None,
             };
+            let (weight, bias) = match (&decision, &present) {
+                (None, None) => (layer.weight_tensor.shallow_clone(), layer.bias_tensor.shallow_clone()),
+                _ => {
+                    let outputs = decision.as_ref().map_or_else(|| (0..layer.out_channels).collect(), |d| d.open.clone());
+                    let (weight, bias) = layer.gather(&outputs, present.as_deref());
+                    (to_tensor(&weight, &layer.weight_shape(outputs.len(), present.as_deref()))?, to_tensor(&bias, &[outputs.len() as i64])?)
+                }
+            };
+            let multiplier = decision.as_ref().and_then(|d| d.multiplier.as_deref());
+            let kept = decision.as_ref().map(|d| d.open.clone());
             let stride = [layer.stride, layer.stride];
             h = h.conv2d(&weight, Some(&bias), stride, [1, 1], [1, 1], 1);
             let gate_tensor = |gates: &[f32]| to_tensor(gates, &[n as i64, (gates.len() / n.max(1)) as i64, 1, 1]);
             match layer.residual_from {
-                // One input on the CPU: ReLU, gate, pooling and the channel means the next
-                // controlling module reads run on the host, a few thousand numbers for which
-                // libtorch's per-call cost and thread hand-offs outweigh the work (measured:
-                // +6-14% at batch 1; at batch 8-128 libtorch's vectorised threads win).
+                // One input on the CPU (a residual network's plain layers; a plain network
+                // runs wholly on the host): ReLU, gate, pooling and the channel means on the
+                // host (measured +6-14% at batch 1; at batch 8-128 libtorch's threads win).
                 None if device == Device::Cpu && n == 1 => {
                     let size = h.size();
                     let shape = [size[0] as usize, size[1] as usize, size[2] as usize, size[3] as usize];
-                    let (values, pooled_shape, means) = relu_gate_pool(&floats(&h)?, shape, multiplier.as_deref(), layer.pool_after);
+                    let (values, pooled_shape, means) = relu_gate_pool(&floats(&h)?, shape, multiplier, layer.pool_after);
                     h = to_tensor(&values, &pooled_shape)?;
                     channel_means = Some(means);
                 }
                 None => {
                     h = h.relu_();
-                    if let Some(gates) = &multiplier {
+                    if let Some(gates) = multiplier {
                         h = h * gate_tensor(gates)?;
                     }
                     if layer.pool_after {
@@ -215,7 +196,7 @@ impl GatedNetwork {
                 }
                 Some(from) => {
                     // Gate the conv, widen it back to every channel, add the shortcut, ReLU.
-                    if let Some(gates) = &multiplier {
+                    if let Some(gates) = multiplier {
                         h = h * gate_tensor(gates)?;
                     }
                     h = scatter_channels(&h, kept.as_deref(), layer.out_channels);
@@ -229,15 +210,90 @@ impl GatedNetwork {
             }
             present = if layer.residual_from.is_some() { None } else { kept };
         }
-        let last = self.layers.last().map_or(0, |l| l.out_channels);
         let compact = match channel_means {
             Some(means) => means,
             None => floats(&h.mean_dim([2i64, 3].as_slice(), false, Kind::Float))?,
         };
-        let penultimate = scatter_rows(&compact, n, present.as_deref(), last);
+        self.finish(path, &compact, n, present.as_deref(), &to_tensor)
+    }
+
+    /// [`GatedNetwork::forward`] of one image of a network without residual blocks or strides,
+    /// wholly on the host: the activations stay in one buffer from the input to the classifier, and
+    /// libtorch is called only to make the output tensors.
+    ///
+    /// With `all_filters`, every filter is computed and the gates zero the closed ones: the
+    /// dense pass on the same kernels, to tell what skipping filters saves from what the
+    /// kernels save.
+    fn forward_one_on_host(&self, x: &Tensor, heads: bool, all_filters: bool) -> Result<ForwardOutput> {
+        let to_tensor = tensor_maker(Device::Cpu);
+        let size = x.size();
+        let mut shape = [size[1] as usize, size[2] as usize, size[3] as usize];
+        let mut h = floats(&self.normalized(x).contiguous())?;
+        let mut present: Option<Vec<usize>> = None;
+        let mut path = PathOutputs::default();
+        let mut channel_means: Option<Vec<f32>> = None;
+        for layer in &self.layers {
+            let decision = match &layer.control {
+                Some(control) => {
+                    let pooled = channel_means.take().unwrap_or_else(|| plane_means(&h, shape));
+                    let decision = control.decide(&pooled, 1, present.as_deref(), layer.in_channels);
+                    path.record(control, &decision, 1, heads, &to_tensor)?;
+                    Some(decision)
+                }
+                None => None,
+            };
+            let decision = match decision {
+                Some(d) if all_filters => Some(LayerDecision { open: (0..layer.out_channels).collect(), multiplier: Some(d.z.clone()), ..d }),
+                d => d,
+            };
+            let outputs = decision.as_ref().map_or_else(|| (0..layer.out_channels).collect(), |d| d.open.clone());
+            let (weight, bias) = layer.gather(&outputs, present.as_deref());
+            let conv = conv3x3(&h, shape, &weight, &bias);
+            let multiplier = decision.as_ref().and_then(|d| d.multiplier.as_deref());
+            let (values, pooled_shape, means) = relu_gate_pool(&conv, [1, outputs.len(), shape[1], shape[2]], multiplier, layer.pool_after);
+            h = values;
+            shape = [outputs.len(), pooled_shape[2] as usize, pooled_shape[3] as usize];
+            channel_means = Some(means);
+            present = decision.map(|d| d.open);
+        }
+        let compact = channel_means.unwrap_or_else(|| plane_means(&h, shape));
+        self.finish(path, &compact, 1, present.as_deref(), &to_tensor)
+    }
+
+    /// Whether one image on the CPU runs wholly on the host: a plain network (no residual
+    /// blocks) whose convs all have stride 1, as the host convolution has.
+    fn runs_on_host(&self) -> bool {
+        self.layers.iter().all(|l| l.residual_from.is_none() && l.stride == 1)
+    }
+
+    /// Every filter, one host pass per input of `x` (see [`GatedNetwork::forward_one_on_host`]);
+    /// None where images do not run on the host (a GPU, a residual network).
+    pub fn forward_each_all_filters(&self, x: &Tensor) -> Result<Option<ForwardOutput>> {
+        if x.device() != Device::Cpu || !self.runs_on_host() {
+            return Ok(None);
+        }
+        let _guard = tch::no_grad_guard();
+        let outs = (0..x.size()[0]).map(|i| self.forward_one_on_host(&x.narrow(0, i, 1), true, true)).collect::<Result<Vec<_>>>()?;
+        Ok(Some(concatenate(outs)))
+    }
+
+    /// `x` standardised as the model's first step does, if it has one.
+    fn normalized(&self, x: &Tensor) -> Tensor {
+        match &self.input_norm {
+            Some((mean, std)) => (x - mean) / std,
+            None => x.shallow_clone(),
+        }
+    }
+
+    /// The forward output from the last layer's channel means `compact` `[n][k]` (its
+    /// channels `present`; all when None) and the path recorded on the way.
+    fn finish(&self, path: PathOutputs, compact: &[f32], n: usize, present: Option<&[usize]>, to_tensor: &TensorMaker) -> Result<ForwardOutput> {
+        let last = self.layers.last().map_or(0, |l| l.out_channels);
+        let penultimate = scatter_rows(compact, n, present, last);
         let classes = self.classifier_bias.len();
         let logits = to_tensor(&linear(&penultimate, n, &self.classifier_weight, Some(&self.classifier_bias)), &[n as i64, classes as i64])?;
         let penultimate = to_tensor(&penultimate, &[n as i64, last as i64])?;
+        let PathOutputs { gates, gate_logits, mi_logits } = path;
         Ok(ForwardOutput { logits, gates, pooled_outputs: Vec::new(), mi_logits, gate_logits, penultimate })
     }
 
@@ -246,21 +302,74 @@ impl GatedNetwork {
     pub fn forward_each(&self, x: &Tensor, heads: bool) -> Result<ForwardOutput> {
         let n = x.size()[0];
         let outs = (0..n).map(|i| self.forward(&x.narrow(0, i, 1), heads)).collect::<Result<Vec<_>>>()?;
-        if outs.len() == 1 {
-            return Ok(outs.into_iter().next().expect("one output"));
+        Ok(concatenate(outs))
+    }
+}
+
+/// The outputs of passes over parts of a batch, as one output.
+fn concatenate(outs: Vec<ForwardOutput>) -> ForwardOutput {
+    if outs.len() == 1 {
+        return outs.into_iter().next().expect("one output");
+    }
+    let cat = |pick: &dyn Fn(&ForwardOutput) -> &Tensor| Tensor::cat(&outs.iter().map(pick).collect::<Vec<_>>(), 0);
+    let cat_layers = |pick: &dyn Fn(&ForwardOutput) -> &Vec<Tensor>| -> Vec<Tensor> {
+        (0..pick(&outs[0]).len()).map(|l| cat(&|o| &pick(o)[l])).collect()
+    };
+    ForwardOutput {
+        logits: cat(&|o| &o.logits),
+        gates: cat_layers(&|o| &o.gates),
+        pooled_outputs: Vec::new(),
+        mi_logits: cat_layers(&|o| &o.mi_logits),
+        gate_logits: cat_layers(&|o| &o.gate_logits),
+        penultimate: cat(&|o| &o.penultimate),
+    }
+}
+
+/// Makes a tensor of `shape` from host values on `device`: one libtorch call on the CPU
+/// (no reshaping view after it).
+type TensorMaker = dyn Fn(&[f32], &[i64]) -> Result<Tensor>;
+
+fn tensor_maker(device: Device) -> Box<TensorMaker> {
+    Box::new(move |values: &[f32], shape: &[i64]| -> Result<Tensor> {
+        let t = Tensor::f_from_data_size(bytemuck::cast_slice(values), shape, Kind::Float)?;
+        Ok(if device == Device::Cpu { t } else { t.to_device(device) })
+    })
+}
+
+/// The per-channel means of one image `[c][h][w]` (GAP), accumulated in f64.
+fn plane_means(values: &[f32], [c, h, w]: [usize; 3]) -> Vec<f32> {
+    values.chunks((h * w).max(1)).take(c).map(|plane| (plane.iter().map(|&v| v as f64).sum::<f64>() / (h * w).max(1) as f64) as f32).collect()
+}
+
+/// One gated layer's decision for a batch: which filters run, with which gates.
+struct LayerDecision {
+    /// Hard gates `[n][out]` and their logits.
+    z: Vec<f32>,
+    logits: Vec<f32>,
+    /// The filters computed: those open for some input (one zeroed filter if none is).
+    open: Vec<usize>,
+    /// Per input, the gates of the `open` filters, where some of them are closed.
+    multiplier: Option<Vec<f32>>,
+}
+
+/// The per-layer outputs a forward pass returns besides its logits.
+#[derive(Default)]
+struct PathOutputs {
+    gates: Vec<Tensor>,
+    gate_logits: Vec<Tensor>,
+    mi_logits: Vec<Tensor>,
+}
+
+impl PathOutputs {
+    fn record(&mut self, control: &Control, decision: &LayerDecision, n: usize, heads: bool, to_tensor: &TensorMaker) -> Result<()> {
+        let out = control.fc2_bias.len();
+        if heads {
+            let classes = control.mi_head.len() / out.max(1);
+            self.mi_logits.push(to_tensor(&linear(&decision.z, n, &control.mi_head, None), &[n as i64, classes as i64])?);
         }
-        let cat = |pick: &dyn Fn(&ForwardOutput) -> &Tensor| Tensor::cat(&outs.iter().map(pick).collect::<Vec<_>>(), 0);
-        let cat_layers = |pick: &dyn Fn(&ForwardOutput) -> &Vec<Tensor>| -> Vec<Tensor> {
-            (0..pick(&outs[0]).len()).map(|l| cat(&|o| &pick(o)[l])).collect()
-        };
-        Ok(ForwardOutput {
-            logits: cat(&|o| &o.logits),
-            gates: cat_layers(&|o| &o.gates),
-            pooled_outputs: Vec::new(),
-            mi_logits: cat_layers(&|o| &o.mi_logits),
-            gate_logits: cat_layers(&|o| &o.gate_logits),
-            penultimate: cat(&|o| &o.penultimate),
-        })
+        self.gates.push(to_tensor(&decision.z, &[n as i64, out as i64])?);
+        self.gate_logits.push(to_tensor(&decision.logits, &[n as i64, out as i64])?);
+        Ok(())
     }
 }
 
@@ -291,6 +400,24 @@ impl FoldedLayer {
 }
 
 impl Control {
+    /// The gates of `n` inputs from their pooled layer input (see [`Control::gate_logits`]),
+    /// and the filters to compute.
+    fn decide(&self, pooled: &[f32], n: usize, present: Option<&[usize]>, in_channels: usize) -> LayerDecision {
+        let logits = self.gate_logits(pooled, n, present, in_channels);
+        let z: Vec<f32> = logits.iter().map(|&y| if y > 0.0 { 1.0 } else { 0.0 }).collect();
+        let out = self.fc2_bias.len();
+        let mut open: Vec<usize> = (0..out).filter(|&o| (0..n).any(|i| z[i * out + o] > 0.0)).collect();
+        // A layer whose every filter is closed keeps one, zeroed by its gate.
+        let all_closed = open.is_empty();
+        if all_closed {
+            open.push(0);
+        }
+        // At N = 1 every kept filter is open: no gate to multiply.
+        let (z_ref, open_ref) = (&z, &open);
+        let multiplier = (n > 1 || all_closed).then(|| (0..n).flat_map(|i| open_ref.iter().map(move |&o| z_ref[i * out + o])).collect());
+        LayerDecision { z, logits, open, multiplier }
+    }
+
     /// Gate logits `[n][out]` from the pooled layer input `[n][k]`, whose k columns are the
     /// input channels `present` (all `in_channels` when None; the others are zero).
     /// Accumulates in f64, so it rounds no worse than libtorch's f32 matmul.
@@ -316,51 +443,6 @@ impl Control {
         }
         logits
     }
-}
-
-/// ReLU, then the gates (`[n][c]`, if any), then 2x2 max-pooling (if `pool`; odd sides
-/// floored, as `max_pool2d(2)`) of a conv output `values` `[n][c][h][w]`: the result, its
-/// shape and its per-channel means `[n][c]` (the next controlling module's GAP). Exact but
-/// for the means, which accumulate in f64.
-fn relu_gate_pool(values: &[f32], shape: [usize; 4], gates: Option<&[f32]>, pool: bool) -> (Vec<f32>, [i64; 4], Vec<f32>) {
-    let [n, c, h, w] = shape;
-    let (out_h, out_w) = if pool { (h / 2, w / 2) } else { (h, w) };
-    let mut out = Vec::with_capacity(n * c * out_h * out_w);
-    let mut means = Vec::with_capacity(n * c);
-    for (plane_index, plane) in values.chunks((h * w).max(1)).take(n * c).enumerate() {
-        // A gate is 0 or 1 and ReLU's output is >= 0, so gating commutes with the pooling.
-        let gate = gates.map_or(1.0, |g| g[plane_index]);
-        let start = out.len();
-        if pool {
-            for y in 0..out_h {
-                let (top, bottom) = (&plane[2 * y * w..], &plane[(2 * y + 1) * w..]);
-                for x in 0..out_w {
-                    let max = top[2 * x].max(top[2 * x + 1]).max(bottom[2 * x]).max(bottom[2 * x + 1]);
-                    out.push(max.max(0.0) * gate);
-                }
-            }
-        } else {
-            out.extend(plane.iter().map(|&v| v.max(0.0) * gate));
-        }
-        let sum: f64 = out[start..].iter().map(|&v| v as f64).sum();
-        means.push((sum / (out_h * out_w).max(1) as f64) as f32);
-    }
-    (out, [n as i64, c as i64, out_h as i64, out_w as i64], means)
-}
-
-/// `rows [n][k] · weightᵀ + bias` for `weight [m][k]`, accumulated in f64 (so it rounds no
-/// worse than libtorch's f32 matmul): a few hundred numbers, cheaper here than a libtorch call.
-fn linear(rows: &[f32], n: usize, weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
-    let k = rows.len() / n.max(1);
-    let m = weight.len() / k.max(1);
-    let mut out = Vec::with_capacity(n * m);
-    for row in rows.chunks(k.max(1)).take(n) {
-        for j in 0..m {
-            let sum: f64 = weight[j * k..(j + 1) * k].iter().zip(row).map(|(&w, &x)| w as f64 * x as f64).sum();
-            out.push((sum + bias.map_or(0.0, |b| b[j] as f64)) as f32);
-        }
-    }
-    out
 }
 
 /// `x` `[N, k, H, W]`, whose k channels are the channels `present` of `channels`, at full
@@ -420,6 +502,7 @@ mod tests {
             let gated = GatedNetwork::new(&model).unwrap();
             assert_same(&dense, &gated.forward(&x, true).unwrap());
             assert_same(&dense, &gated.forward_each(&x, true).unwrap());
+            assert_same(&dense, &gated.forward_each_all_filters(&x).unwrap().expect("a plain network runs on the host"));
             let closed = dense.gates[2].sum(Kind::Float).double_value(&[]) == 0.0;
             assert_eq!(closed, close_layer);
         }
@@ -449,5 +532,6 @@ mod tests {
         let gated = GatedNetwork::new(&model).unwrap();
         assert_same(&dense, &gated.forward(&x, true).unwrap());
         assert_same(&dense, &gated.forward_each(&x, true).unwrap());
+        assert!(gated.forward_each_all_filters(&x).unwrap().is_none(), "a residual network does not run on the host");
     }
 }

@@ -7,6 +7,7 @@ pub mod decoupled;
 pub mod execution;
 pub mod gate;
 pub mod gated;
+mod host_ops;
 pub mod losses;
 
 pub use checkpoint::{Checkpoint, ModelMeta};
