@@ -18,7 +18,7 @@ pub(super) fn conv3x3(input: &[f32], [c, h, w]: [usize; 3], weight: &[f32], bias
     assert_eq!(weight.len(), m * c * 9, "conv3x3: weight is not {m}x{c}x3x3");
     let (padded_w, padded_plane) = (w + 2, (h + 2) * (w + 2));
     let mut padded = vec![0.0f32; c * padded_plane];
-    if w > 0 {
+    if h * w > 0 {
         for (plane, target) in input.chunks(h * w).zip(padded.chunks_mut(padded_plane)) {
             for (y, row) in plane.chunks(w).enumerate() {
                 let start = (y + 1) * padded_w + 1;
@@ -125,5 +125,7 @@ mod tests {
             let got = Tensor::from_slice(&got).view(expected.size().as_slice());
             assert!(got.allclose(&expected, 1e-4, 1e-5, false), "values of {c}x{h}x{w}");
         }
+        // No pixels (libtorch refuses them): nothing out, no panic.
+        assert!(conv3x3(&[], [2, 0, 4], &[0.0; 3 * 2 * 9], &[1.0; 3]).is_empty());
     }
 }
