@@ -262,7 +262,7 @@ impl GatedNetwork {
 
     /// Whether one image on the CPU runs wholly on the host: a plain network (no residual
     /// blocks) whose convs all have stride 1, as the host convolution has.
-    fn runs_on_host(&self) -> bool {
+    pub fn runs_on_host(&self) -> bool {
         self.layers.iter().all(|l| l.residual_from.is_none() && l.stride == 1)
     }
 
