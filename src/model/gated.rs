@@ -14,7 +14,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::decoupled::{DecoupledCnn, ForwardOutput};
-use super::host_ops::{conv3x3, linear, relu_gate_pool};
+use super::host_ops::{bordered, conv3x3, linear, relu_gate_pool};
 use crate::error::Result;
 
 /// BatchNorm epsilon of the model's layers (`nn::BatchNormConfig::default()`).
@@ -181,7 +181,7 @@ impl GatedNetwork {
                 None if device == Device::Cpu && n == 1 => {
                     let size = h.size();
                     let shape = [size[0] as usize, size[1] as usize, size[2] as usize, size[3] as usize];
-                    let (values, pooled_shape, means) = relu_gate_pool(&floats(&h)?, shape, multiplier, layer.pool_after);
+                    let (values, pooled_shape, means) = relu_gate_pool(&floats(&h)?, shape, shape[3], multiplier, layer.pool_after, 0);
                     h = to_tensor(&values, &pooled_shape)?;
                     channel_means = Some(means);
                 }
@@ -218,8 +218,9 @@ impl GatedNetwork {
     }
 
     /// [`GatedNetwork::forward`] of one image of a network without residual blocks or strides,
-    /// wholly on the host: the activations stay in one buffer from the input to the classifier, and
-    /// libtorch is called only to make the output tensors.
+    /// wholly on the host: the activations stay in host buffers from the input to the
+    /// classifier, each layer's input zero-bordered for the convolution (the step after a conv
+    /// writes it so), and libtorch is called only to make the output tensors.
     ///
     /// With `all_filters`, every filter is computed and the gates zero the closed ones: the
     /// dense pass on the same kernels, to tell what skipping filters saves from what the
@@ -228,7 +229,8 @@ impl GatedNetwork {
         let to_tensor = tensor_maker(Device::Cpu);
         let size = x.size();
         let mut shape = [size[1] as usize, size[2] as usize, size[3] as usize];
-        let mut h = floats(&self.normalized(x).contiguous())?;
+        // `h`: the layer input `[shape]`, zero-bordered.
+        let mut h = bordered(&floats(&self.normalized(x).contiguous())?, shape);
         let mut present: Option<Vec<usize>> = None;
         let mut path = PathOutputs::default();
         let mut channel_means: Option<Vec<f32>> = None;
@@ -250,7 +252,7 @@ impl GatedNetwork {
             let (weight, bias) = layer.gather(&outputs, present.as_deref());
             let conv = conv3x3(&h, shape, &weight, &bias);
             let multiplier = decision.as_ref().and_then(|d| d.multiplier.as_deref());
-            let (values, pooled_shape, means) = relu_gate_pool(&conv, [1, outputs.len(), shape[1], shape[2]], multiplier, layer.pool_after);
+            let (values, pooled_shape, means) = relu_gate_pool(&conv, [1, outputs.len(), shape[1], shape[2]], shape[2] + 2, multiplier, layer.pool_after, 1);
             h = values;
             shape = [outputs.len(), pooled_shape[2] as usize, pooled_shape[3] as usize];
             channel_means = Some(means);
@@ -336,9 +338,10 @@ fn tensor_maker(device: Device) -> Box<TensorMaker> {
     })
 }
 
-/// The per-channel means of one image `[c][h][w]` (GAP), accumulated in f64.
-fn plane_means(values: &[f32], [c, h, w]: [usize; 3]) -> Vec<f32> {
-    values.chunks((h * w).max(1)).take(c).map(|plane| (plane.iter().map(|&v| v as f64).sum::<f64>() / (h * w).max(1) as f64) as f32).collect()
+/// The per-channel means of one image `[c][h][w]` given zero-bordered (GAP; the border adds
+/// nothing to the sums), accumulated in f64.
+fn plane_means(bordered: &[f32], [c, h, w]: [usize; 3]) -> Vec<f32> {
+    bordered.chunks((h + 2) * (w + 2)).take(c).map(|plane| (plane.iter().map(|&v| v as f64).sum::<f64>() / (h * w).max(1) as f64) as f32).collect()
 }
 
 /// One gated layer's decision for a batch: which filters run, with which gates.
