@@ -31,7 +31,12 @@ pub(super) fn bordered(plain: &[f32], [c, h, w]: [usize; 3]) -> Vec<f32> {
 /// the wide output. (The GEMM packs its operands anyway, so an im2col matrix would be a second
 /// copy of nine times the input.) The layouts chain: the next layer's bordered input is
 /// written by the ReLU/pool step, so no copy is made between layers.
-pub(super) fn conv3x3(input: &[f32], [c, h, w]: [usize; 3], weight: &[f32], bias: &[f32]) -> Vec<f32> {
+pub(super) fn conv3x3(input: &[f32], shape: [usize; 3], weight: &[f32], bias: &[f32]) -> Vec<f32> {
+    conv3x3_using(input, shape, weight, bias, true)
+}
+
+/// [`conv3x3`], on AVX-512 where `simd` and the CPU has it, else on the portable GEMM.
+fn conv3x3_using(input: &[f32], [c, h, w]: [usize; 3], weight: &[f32], bias: &[f32], simd: bool) -> Vec<f32> {
     let (padded_w, padded_plane) = (w + 2, (h + 2) * (w + 2));
     assert_eq!(input.len(), c * padded_plane, "conv3x3: input is not {c}x{h}x{w} bordered");
     let m = bias.len();
@@ -39,30 +44,62 @@ pub(super) fn conv3x3(input: &[f32], [c, h, w]: [usize; 3], weight: &[f32], bias
     // Output pixel (y, x) sits at column y * (w+2) + x; the last row's two extra columns would
     // read past the buffer, so they are not computed.
     let wide_plane = h * padded_w;
-    let columns = wide_plane.saturating_sub(2);
+    let taps = Taps { c, padded_w, padded_plane, wide_plane, columns: wide_plane.saturating_sub(2) };
     let mut wide = Vec::with_capacity(m * wide_plane);
     for &b in bias {
         wide.resize(wide.len() + wide_plane, b);
     }
-    if m > 0 && c > 0 && columns > 0 && h * w > 0 {
-        for tap in 0..9 {
-            let shift = (tap / 3) * padded_w + tap % 3;
-            // SAFETY: A is `m x c` at strides (c * 9, 9) from `tap` inside `weight` (m * c * 9
-            // values); B is `c x columns` at strides (padded_plane, 1) from `shift`, whose last
-            // element, (c-1) * padded_plane + shift + columns - 1 <= c * padded_plane - 1, is
-            // inside `input`; C is `m x columns` at strides (wide_plane, 1) inside `wide`
-            // (m * wide_plane values), which aliases neither.
-            unsafe {
-                matrixmultiply::sgemm(
-                    m, c, columns, 1.0,
-                    weight.as_ptr().add(tap), (c * 9) as isize, 9,
-                    input.as_ptr().add(shift), padded_plane as isize, 1,
-                    1.0, wide.as_mut_ptr(), wide_plane as isize, 1,
-                );
-            }
+    if m > 0 && c > 0 && taps.columns > 0 && h * w > 0 {
+        #[cfg(target_arch = "x86_64")]
+        if simd && std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F; the slices have the sizes `taps` describes
+            // (asserted above).
+            unsafe { super::conv_avx512::accumulate_taps(input, weight, &mut wide, &taps) };
+            return wide;
         }
+        accumulate_taps_gemm(input, weight, &mut wide, &taps);
     }
     wide
+}
+
+/// The geometry of one [`conv3x3`]: `c` input channels, bordered rows `padded_w` wide and planes
+/// `padded_plane` long; output planes `wide_plane` long, of which the first `columns` are
+/// computed (the last row's two extra columns would read past the input).
+pub(super) struct Taps {
+    pub c: usize,
+    pub padded_w: usize,
+    pub padded_plane: usize,
+    pub wide_plane: usize,
+    pub columns: usize,
+}
+
+impl Taps {
+    /// Where tap `t` (row-major in the 3x3 kernel) reads, relative to the output column.
+    pub fn shift(&self, tap: usize) -> usize {
+        (tap / 3) * self.padded_w + tap % 3
+    }
+}
+
+/// Adds the nine taps' products to `wide` (`[m][wide_plane]`, holding the biases) with one
+/// `matrixmultiply` GEMM per tap: the portable path.
+fn accumulate_taps_gemm(input: &[f32], weight: &[f32], wide: &mut [f32], taps: &Taps) {
+    let &Taps { c, padded_plane, wide_plane, columns, .. } = taps;
+    let m = wide.len() / wide_plane;
+    for tap in 0..9 {
+        // SAFETY: A is `m x c` at strides (c * 9, 9) from `tap` inside `weight` (m * c * 9
+        // values); B is `c x columns` at strides (padded_plane, 1) from the shift, whose last
+        // element, (c-1) * padded_plane + shift + columns - 1 <= c * padded_plane - 1, is
+        // inside `input`; C is `m x columns` at strides (wide_plane, 1) inside `wide`
+        // (m * wide_plane values), which aliases neither.
+        unsafe {
+            matrixmultiply::sgemm(
+                m, c, columns, 1.0,
+                weight.as_ptr().add(tap), (c * 9) as isize, 9,
+                input.as_ptr().add(taps.shift(tap)), padded_plane as isize, 1,
+                1.0, wide.as_mut_ptr(), wide_plane as isize, 1,
+            );
+        }
+    }
 }
 
 /// ReLU, then the gates (`[n][c]`, if any), then 2x2 max-pooling (if `pool`; odd sides
@@ -129,17 +166,20 @@ mod tests {
     #[test]
     fn conv3x3_equals_libtorch() {
         tch::manual_seed(11);
-        for (c, h, w, out) in [(3, 9, 7, 5), (4, 8, 8, 6), (2, 1, 5, 3), (1, 1, 1, 2), (2, 6, 1, 3), (5, 28, 28, 8)] {
+        for (c, h, w, out) in [(3, 9, 7, 5), (4, 8, 8, 6), (2, 1, 5, 3), (1, 1, 1, 2), (2, 6, 1, 3), (5, 28, 28, 8), (20, 14, 14, 7), (9, 7, 7, 11)] {
             let x = Tensor::randn([1, c, h, w], (Kind::Float, Device::Cpu));
             let weight = Tensor::randn([out, c, 3, 3], (Kind::Float, Device::Cpu));
             let bias = Tensor::randn([out], (Kind::Float, Device::Cpu));
             let expected = x.conv2d(&weight, Some(&bias), [1, 1], [1, 1], [1, 1], 1);
             let values = |t: &Tensor| Vec::<f32>::try_from(t.contiguous().view([-1])).unwrap();
             let shape = [c as usize, h as usize, w as usize];
-            let wide = conv3x3(&bordered(&values(&x), shape), shape, &values(&weight), &values(&bias));
-            // The wide rows' two extra columns dropped.
-            let got = Tensor::from_slice(&wide).view([out, h, w + 2]).narrow(2, 0, w).unsqueeze(0);
-            assert!(got.allclose(&expected, 1e-4, 1e-5, false), "values of {c}x{h}x{w}");
+            // On AVX-512 where the CPU has it, and on the portable GEMM.
+            for simd in [true, false] {
+                let wide = conv3x3_using(&bordered(&values(&x), shape), shape, &values(&weight), &values(&bias), simd);
+                // The wide rows' two extra columns dropped.
+                let got = Tensor::from_slice(&wide).view([out, h, w + 2]).narrow(2, 0, w).unsqueeze(0);
+                assert!(got.allclose(&expected, 1e-4, 1e-4, false), "values of {c}x{h}x{w} (simd {simd})");
+            }
         }
         // No pixels (libtorch refuses them): nothing out, no panic.
         assert!(conv3x3(&[0.0; 2 * 2 * 6], [2, 0, 4], &[0.0; 3 * 2 * 9], &[1.0; 3]).is_empty());

@@ -7,6 +7,8 @@ pub mod decoupled;
 pub mod execution;
 pub mod gate;
 pub mod gated;
+#[cfg(target_arch = "x86_64")]
+mod conv_avx512;
 mod host_ops;
 pub mod losses;
 
