@@ -15,8 +15,9 @@ use crate::error::Result;
 pub enum Execution {
     /// Every filter of every layer (the training graph in eval mode).
     Dense,
-    /// Only the open filters: one pass per input for small batches; for larger ones, the
-    /// union of the inputs' open filters in each layer (the gates zero the rest).
+    /// Only the open filters: one pass per input for small batches (for every batch where
+    /// images run on the host with the AVX-512 convolution); for larger ones, the union of
+    /// the inputs' open filters in each layer (the gates zero the rest).
     Gated,
     /// Whichever measured faster for the batch size on the CPU; dense on CUDA (see
     /// `Inference::strategy`).
@@ -40,6 +41,9 @@ pub enum Strategy {
 pub struct Inference {
     execution: Execution,
     gated: Option<GatedNetwork>,
+    /// Whether one image runs wholly on the host with the AVX-512 convolution (a plain network
+    /// on a CPU that has it): then one gated pass per input beats the others at every batch size.
+    each_on_host: bool,
 }
 
 impl Inference {
@@ -49,7 +53,8 @@ impl Inference {
             Execution::Dense => None,
             Execution::Gated | Execution::Auto => Some(GatedNetwork::new(model)?),
         };
-        Ok(Inference { execution, gated })
+        let each_on_host = gated.as_ref().is_some_and(GatedNetwork::runs_on_host) && super::host_ops::simd_convolution();
+        Ok(Inference { execution, gated, each_on_host })
     }
 
     pub fn execution(&self) -> Execution {
@@ -57,13 +62,16 @@ impl Inference {
     }
 
     /// What runs a batch of `n` on `device`. The choices are measured (`pathguard bench
-    /// execution`, BENCHMARKS.md "Gated execution", 2 CPU cores): one gated pass per input
-    /// is about 2x dense at batch 1 and still ahead at 2, level with dense at 4 and behind it
-    /// from 8 on; the union pass is behind at 2-4, level at 8-32 and 7-10% ahead at 64-128
-    /// (almost every filter is open for some input of a large batch, so the union saves
-    /// little, but the folded BatchNorm saves an op per layer). On CUDA every gated layer
-    /// waits for the host to read its open set, which the GPU's idle filters cannot repay;
-    /// auto stays dense there (not measured on a GPU yet).
+    /// execution`, BENCHMARKS.md "Gated execution", 2 CPU cores). Where images run wholly on
+    /// the host with the AVX-512 convolution, one gated pass per input (spread over the
+    /// intra-op threads) is ahead of dense and of the union at every batch size (3.2x dense at
+    /// batch 1, 1.3x at 128 on one thread). Otherwise (a residual network, or a CPU without
+    /// AVX-512): one gated pass per input is about 2x dense at batch 1 and still ahead at 2,
+    /// level with dense at 4 and behind it from 8 on; the union pass is behind at 2-4, level
+    /// at 8-32 and 7-10% ahead at 64-128 (almost every filter is open for some input of a
+    /// large batch, so the union saves little, but the folded BatchNorm saves an op per
+    /// layer). On CUDA every gated layer waits for the host to read its open set, which the
+    /// GPU's idle filters cannot repay; auto stays dense there (not measured on a GPU yet).
     pub fn strategy(&self, n: i64, device: Device) -> Strategy {
         // Auto: per input while that beats dense; the union once it beats dense.
         const EACH_UP_TO: i64 = 2;
@@ -72,6 +80,7 @@ impl Inference {
         const GATED_EACH_UP_TO: i64 = 4;
         match (self.execution, device) {
             (Execution::Dense, _) => Strategy::Dense,
+            (Execution::Gated | Execution::Auto, Device::Cpu) if self.each_on_host => Strategy::GatedEach,
             (Execution::Gated, _) if n <= GATED_EACH_UP_TO => Strategy::GatedEach,
             (Execution::Gated, _) => Strategy::GatedUnion,
             (Execution::Auto, Device::Cpu) if n <= EACH_UP_TO => Strategy::GatedEach,

@@ -28,9 +28,6 @@ struct FoldedLayer {
     bias: Vec<f32>,
     in_channels: usize,
     out_channels: usize,
-    /// The same weights as tensors, for a layer that computes every filter of every input.
-    weight_tensor: Tensor,
-    bias_tensor: Tensor,
     control: Option<Control>,
     pool_after: bool,
     stride: i64,
@@ -59,10 +56,29 @@ struct Control {
 pub struct GatedNetwork {
     /// The input standardisation `(mean, std)`, `[1, C, 1, 1]` each, if the model has one.
     input_norm: Option<(Tensor, Tensor)>,
+    host: HostNetwork,
+    /// Each layer's folded `(weight, bias)` as tensors, for a layer that computes every
+    /// filter of every input in libtorch.
+    conv_tensors: Vec<(Tensor, Tensor)>,
+}
+
+/// The folded network as host values (no tensors, so passes can share it across threads).
+#[derive(Debug)]
+struct HostNetwork {
     layers: Vec<FoldedLayer>,
     /// `[classes][C_last]`
     classifier_weight: Vec<f32>,
     classifier_bias: Vec<f32>,
+}
+
+/// One image's pass on the host, as host values: per gated layer its gates, gate logits and
+/// (with the heads) MI-head logits; the last layer's channel means (all channels) and logits.
+struct HostOutputs {
+    gates: Vec<Vec<f32>>,
+    gate_logits: Vec<Vec<f32>>,
+    mi_logits: Vec<Vec<f32>>,
+    penultimate: Vec<f32>,
+    logits: Vec<f32>,
 }
 
 /// The values of `t` in row-major order. Activations on the CPU are copied straight out:
@@ -85,6 +101,7 @@ impl GatedNetwork {
     pub fn new(model: &DecoupledCnn) -> Result<Self> {
         let _guard = tch::no_grad_guard();
         let mut layers = Vec::with_capacity(model.blocks.len());
+        let mut conv_tensors = Vec::with_capacity(model.blocks.len());
         for block in &model.blocks {
             let bn = &block.bn;
             let scale = required(&bn.ws, "BatchNorm weights") / (&bn.running_var + BATCH_NORM_EPS).sqrt();
@@ -107,23 +124,22 @@ impl GatedNetwork {
                 bias: floats(&bias_tensor)?,
                 out_channels: size[0] as usize,
                 in_channels: size[1] as usize,
-                weight_tensor,
-                bias_tensor,
                 control,
                 pool_after: block.pool_after,
                 stride: block.stride,
                 residual_from: block.residual_from,
                 starts_block: block.starts_block,
             });
+            conv_tensors.push((weight_tensor, bias_tensor));
         }
         let channels = model.config().in_channels;
         let input_norm = model.input_norm.as_ref().map(|(m, s)| (m.detach().view([1, channels, 1, 1]), s.detach().view([1, channels, 1, 1])));
-        Ok(GatedNetwork {
-            input_norm,
+        let host = HostNetwork {
             layers,
             classifier_weight: floats(&model.classifier.ws)?,
             classifier_bias: floats(required(&model.classifier.bs, "classifier biases"))?,
-        })
+        };
+        Ok(GatedNetwork { input_norm, host, conv_tensors })
     }
 
     /// Eval-mode forward of `x` `[N, C, H, W]` computing, in each gated layer, the union of
@@ -135,7 +151,7 @@ impl GatedNetwork {
         let n = x.size()[0] as usize;
         let device = x.device();
         if device == Device::Cpu && n == 1 && self.runs_on_host() {
-            return self.forward_one_on_host(x, heads, false);
+            return self.forward_each_on_host(x, heads, false);
         }
         let to_tensor = tensor_maker(device);
         let mut h = self.normalized(x);
@@ -143,10 +159,10 @@ impl GatedNetwork {
         let mut present: Option<Vec<usize>> = None;
         let mut path = PathOutputs::default();
         // Each layer's input at full width, kept while a residual block that starts there needs it.
-        let mut block_inputs: Vec<Option<Tensor>> = Vec::with_capacity(self.layers.len());
+        let mut block_inputs: Vec<Option<Tensor>> = Vec::with_capacity(self.host.layers.len());
         // The channel means of `h` when the layer before computed them on the host.
         let mut channel_means: Option<Vec<f32>> = None;
-        for layer in &self.layers {
+        for (layer, (weight_tensor, bias_tensor)) in self.host.layers.iter().zip(&self.conv_tensors) {
             block_inputs.push(layer.starts_block.then(|| scatter_channels(&h, present.as_deref(), layer.in_channels)));
             let means_of_input = channel_means.take();
             let decision = match &layer.control {
@@ -162,7 +178,7 @@ impl GatedNetwork {
                 None => None,
             };
             let (weight, bias) = match (&decision, &present) {
-                (None, None) => (layer.weight_tensor.shallow_clone(), layer.bias_tensor.shallow_clone()),
+                (None, None) => (weight_tensor.shallow_clone(), bias_tensor.shallow_clone()),
                 _ => {
                     let outputs = decision.as_ref().map_or_else(|| (0..layer.out_channels).collect(), |d| d.open.clone());
                     let (weight, bias) = layer.gather(&outputs, present.as_deref());
@@ -217,29 +233,116 @@ impl GatedNetwork {
         self.finish(path, &compact, n, present.as_deref(), &to_tensor)
     }
 
-    /// [`GatedNetwork::forward`] of one image of a network without residual blocks or strides,
-    /// wholly on the host: the activations stay in host buffers from the input to the
-    /// classifier, each layer's input zero-bordered for the convolution (the step after a conv
-    /// writes it so), and libtorch is called only to make the output tensors.
+    /// Whether images on the CPU run wholly on the host: a plain network (no residual blocks)
+    /// whose convs all have stride 1, as the host convolution has.
+    pub fn runs_on_host(&self) -> bool {
+        self.host.layers.iter().all(|l| l.residual_from.is_none() && l.stride == 1)
+    }
+
+    /// Every filter, one host pass per input of `x` (see [`HostNetwork::pass`]); None where
+    /// images do not run on the host (a GPU, a residual network).
+    pub fn forward_each_all_filters(&self, x: &Tensor) -> Result<Option<ForwardOutput>> {
+        if x.device() != Device::Cpu || !self.runs_on_host() {
+            return Ok(None);
+        }
+        let _guard = tch::no_grad_guard();
+        self.forward_each_on_host(x, true, true).map(Some)
+    }
+
+    /// `x` standardised as the model's first step does, if it has one.
+    fn normalized(&self, x: &Tensor) -> Tensor {
+        match &self.input_norm {
+            Some((mean, std)) => (x - mean) / std,
+            None => x.shallow_clone(),
+        }
+    }
+
+    /// The forward output from the last layer's channel means `compact` `[n][k]` (its
+    /// channels `present`; all when None) and the path recorded on the way.
+    fn finish(&self, path: PathOutputs, compact: &[f32], n: usize, present: Option<&[usize]>, to_tensor: &TensorMaker) -> Result<ForwardOutput> {
+        let penultimate = scatter_rows(compact, n, present, self.host.last_channels());
+        let logits = to_tensor(&self.host.classify(&penultimate, n), &[n as i64, self.host.classes() as i64])?;
+        let penultimate = to_tensor(&penultimate, &[n as i64, self.host.last_channels() as i64])?;
+        let PathOutputs { gates, gate_logits, mi_logits } = path;
+        Ok(ForwardOutput { logits, gates, pooled_outputs: Vec::new(), mi_logits, gate_logits, penultimate })
+    }
+
+    /// Per input, its own path: each image of the batch through the network alone. On the
+    /// CPU, a plain network's images run on the host, spread over libtorch's intra-op thread
+    /// count; elsewhere each goes through [`GatedNetwork::forward`], the outputs concatenated.
+    pub fn forward_each(&self, x: &Tensor, heads: bool) -> Result<ForwardOutput> {
+        if x.device() == Device::Cpu && self.runs_on_host() {
+            let _guard = tch::no_grad_guard();
+            return self.forward_each_on_host(x, heads, false);
+        }
+        let n = x.size()[0];
+        let outs = (0..n).map(|i| self.forward(&x.narrow(0, i, 1), heads)).collect::<Result<Vec<_>>>()?;
+        Ok(concatenate(outs))
+    }
+
+    /// One [`HostNetwork::pass`] per image of `x` (on the CPU), on up to libtorch's intra-op
+    /// thread count of threads, each taking a contiguous share of the batch; the outputs
+    /// become tensors once, for the whole batch.
+    fn forward_each_on_host(&self, x: &Tensor, heads: bool, all_filters: bool) -> Result<ForwardOutput> {
+        let size = x.size();
+        let shape = [size[1] as usize, size[2] as usize, size[3] as usize];
+        let per_image = shape.iter().product::<usize>();
+        let values = floats(&self.normalized(x).contiguous())?;
+        let n = size[0] as usize;
+        let threads = (tch::get_num_threads().max(1) as usize).min(n);
+        let host = &self.host;
+        let run = |part: &[f32]| -> Vec<HostOutputs> { part.chunks(per_image.max(1)).take(n).map(|image| host.pass(image, shape, heads, all_filters)).collect() };
+        let outputs: Vec<HostOutputs> = if threads <= 1 {
+            run(&values)
+        } else {
+            let share = n.div_ceil(threads) * per_image;
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = values.chunks(share.max(1)).map(|part| scope.spawn(move || run(part))).collect();
+                workers.into_iter().flat_map(|w| w.join().expect("a host pass does not panic")).collect()
+            })
+        };
+        self.host.to_forward_output(&outputs, heads)
+    }
+}
+
+impl HostNetwork {
+    fn last_channels(&self) -> usize {
+        self.layers.last().map_or(0, |l| l.out_channels)
+    }
+
+    fn classes(&self) -> usize {
+        self.classifier_bias.len()
+    }
+
+    /// The classifier's logits `[n][classes]` for penultimate rows `[n][last_channels]`.
+    fn classify(&self, penultimate: &[f32], n: usize) -> Vec<f32> {
+        linear(penultimate, n, &self.classifier_weight, Some(&self.classifier_bias))
+    }
+
+    /// The eval-mode pass of one image `[shape]` (standardised) of a network without residual
+    /// blocks or strides, wholly on the host: the activations stay in host buffers from the
+    /// input to the classifier, each layer's input zero-bordered for the convolution (the step
+    /// after a conv writes it so).
     ///
     /// With `all_filters`, every filter is computed and the gates zero the closed ones: the
     /// dense pass on the same kernels, to tell what skipping filters saves from what the
     /// kernels save.
-    fn forward_one_on_host(&self, x: &Tensor, heads: bool, all_filters: bool) -> Result<ForwardOutput> {
-        let to_tensor = tensor_maker(Device::Cpu);
-        let size = x.size();
-        let mut shape = [size[1] as usize, size[2] as usize, size[3] as usize];
+    fn pass(&self, image: &[f32], mut shape: [usize; 3], heads: bool, all_filters: bool) -> HostOutputs {
         // `h`: the layer input `[shape]`, zero-bordered.
-        let mut h = bordered(&floats(&self.normalized(x).contiguous())?, shape);
+        let mut h = bordered(image, shape);
         let mut present: Option<Vec<usize>> = None;
-        let mut path = PathOutputs::default();
+        let (mut gates, mut gate_logits, mut mi_logits) = (Vec::new(), Vec::new(), Vec::new());
         let mut channel_means: Option<Vec<f32>> = None;
         for layer in &self.layers {
             let decision = match &layer.control {
                 Some(control) => {
                     let pooled = channel_means.take().unwrap_or_else(|| plane_means(&h, shape));
                     let decision = control.decide(&pooled, 1, present.as_deref(), layer.in_channels);
-                    path.record(control, &decision, 1, heads, &to_tensor)?;
+                    if heads {
+                        mi_logits.push(linear(&decision.z, 1, &control.mi_head, None));
+                    }
+                    gates.push(decision.z.clone());
+                    gate_logits.push(decision.logits.clone());
                     Some(decision)
                 }
                 None => None,
@@ -259,52 +362,33 @@ impl GatedNetwork {
             present = decision.map(|d| d.open);
         }
         let compact = channel_means.unwrap_or_else(|| plane_means(&h, shape));
-        self.finish(path, &compact, 1, present.as_deref(), &to_tensor)
+        let penultimate = scatter_rows(&compact, 1, present.as_deref(), self.last_channels());
+        let logits = self.classify(&penultimate, 1);
+        HostOutputs { gates, gate_logits, mi_logits, penultimate, logits }
     }
 
-    /// Whether one image on the CPU runs wholly on the host: a plain network (no residual
-    /// blocks) whose convs all have stride 1, as the host convolution has.
-    pub fn runs_on_host(&self) -> bool {
-        self.layers.iter().all(|l| l.residual_from.is_none() && l.stride == 1)
-    }
-
-    /// Every filter, one host pass per input of `x` (see [`GatedNetwork::forward_one_on_host`]);
-    /// None where images do not run on the host (a GPU, a residual network).
-    pub fn forward_each_all_filters(&self, x: &Tensor) -> Result<Option<ForwardOutput>> {
-        if x.device() != Device::Cpu || !self.runs_on_host() {
-            return Ok(None);
-        }
-        let _guard = tch::no_grad_guard();
-        let outs = (0..x.size()[0]).map(|i| self.forward_one_on_host(&x.narrow(0, i, 1), true, true)).collect::<Result<Vec<_>>>()?;
-        Ok(Some(concatenate(outs)))
-    }
-
-    /// `x` standardised as the model's first step does, if it has one.
-    fn normalized(&self, x: &Tensor) -> Tensor {
-        match &self.input_norm {
-            Some((mean, std)) => (x - mean) / std,
-            None => x.shallow_clone(),
-        }
-    }
-
-    /// The forward output from the last layer's channel means `compact` `[n][k]` (its
-    /// channels `present`; all when None) and the path recorded on the way.
-    fn finish(&self, path: PathOutputs, compact: &[f32], n: usize, present: Option<&[usize]>, to_tensor: &TensorMaker) -> Result<ForwardOutput> {
-        let last = self.layers.last().map_or(0, |l| l.out_channels);
-        let penultimate = scatter_rows(compact, n, present, last);
-        let classes = self.classifier_bias.len();
-        let logits = to_tensor(&linear(&penultimate, n, &self.classifier_weight, Some(&self.classifier_bias)), &[n as i64, classes as i64])?;
-        let penultimate = to_tensor(&penultimate, &[n as i64, last as i64])?;
-        let PathOutputs { gates, gate_logits, mi_logits } = path;
-        Ok(ForwardOutput { logits, gates, pooled_outputs: Vec::new(), mi_logits, gate_logits, penultimate })
-    }
-
-    /// Per input, its own path: each image of the batch through [`GatedNetwork::forward`]
-    /// alone, the outputs concatenated.
-    pub fn forward_each(&self, x: &Tensor, heads: bool) -> Result<ForwardOutput> {
-        let n = x.size()[0];
-        let outs = (0..n).map(|i| self.forward(&x.narrow(0, i, 1), heads)).collect::<Result<Vec<_>>>()?;
-        Ok(concatenate(outs))
+    /// The host passes of a batch, in order, as one forward output (one tensor per output).
+    fn to_forward_output(&self, outputs: &[HostOutputs], heads: bool) -> Result<ForwardOutput> {
+        let to_tensor = tensor_maker(Device::Cpu);
+        let n = outputs.len();
+        // Rows `[n][width]` from each output's `pick`.
+        let stack = |width: usize, pick: &dyn Fn(&HostOutputs) -> &[f32]| -> Result<Tensor> {
+            let values: Vec<f32> = outputs.iter().flat_map(|o| pick(o).iter().copied()).collect();
+            to_tensor(&values, &[n as i64, width as i64])
+        };
+        let controls: Vec<&Control> = self.layers.iter().filter_map(|l| l.control.as_ref()).collect();
+        let per_layer = |pick: &dyn Fn(&HostOutputs, usize) -> &[f32], width: &dyn Fn(&Control) -> usize| -> Result<Vec<Tensor>> {
+            controls.iter().enumerate().map(|(l, control)| stack(width(control), &|o| pick(o, l))).collect()
+        };
+        let filters = |c: &Control| c.fc2_bias.len();
+        Ok(ForwardOutput {
+            logits: stack(self.classes(), &|o| &o.logits)?,
+            gates: per_layer(&|o, l| &o.gates[l], &filters)?,
+            pooled_outputs: Vec::new(),
+            mi_logits: if heads { per_layer(&|o, l| &o.mi_logits[l], &|c| c.mi_head.len() / filters(c).max(1))? } else { Vec::new() },
+            gate_logits: per_layer(&|o, l| &o.gate_logits[l], &filters)?,
+            penultimate: stack(self.last_channels(), &|o| &o.penultimate)?,
+        })
     }
 }
 
