@@ -108,3 +108,30 @@ impl Inference {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ModelConfig;
+    use tch::nn;
+
+    /// Auto runs one gated pass per input at every batch size where images run on the host
+    /// with the AVX-512 convolution, and keeps the measured thresholds elsewhere.
+    #[test]
+    fn auto_follows_where_images_run() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let plain = DecoupledCnn::new(&vs.root(), &ModelConfig::tiny()).unwrap();
+        let auto = Inference::new(&plain, Execution::Auto).unwrap();
+        let big_batch = if super::super::host_ops::simd_convolution() { Strategy::GatedEach } else { Strategy::GatedUnion };
+        assert_eq!(auto.strategy(1, Device::Cpu), Strategy::GatedEach);
+        assert_eq!(auto.strategy(128, Device::Cpu), big_batch);
+        assert_eq!(auto.strategy(1, Device::Cuda(0)), Strategy::Dense);
+        assert_eq!(Inference::new(&plain, Execution::Dense).unwrap().strategy(1, Device::Cpu), Strategy::Dense);
+
+        let vs = nn::VarStore::new(Device::Cpu);
+        let resnet = DecoupledCnn::new(&vs.root(), &ModelConfig::resnet(&[4, 8], 1).unwrap()).unwrap();
+        let auto = Inference::new(&resnet, Execution::Auto).unwrap();
+        assert_eq!(auto.strategy(8, Device::Cpu), Strategy::Dense);
+        assert_eq!(auto.strategy(128, Device::Cpu), Strategy::GatedUnion);
+    }
+}

@@ -6,10 +6,10 @@
 //!
 //! At batch 1 the convolutions are small and libtorch's per-op cost (about 10 us), copies and
 //! thread hand-offs would eat the FLOPs saved: the controlling modules, the choice of open
-//! filters and the weight gathers always run here in Rust on a few hundred numbers, and one
-//! image on the CPU of a plain network runs wholly on the host (`host_ops.rs`: convolution,
-//! ReLU, gates, pooling). Batches, GPUs and residual networks run their convolutions in
-//! libtorch.
+//! filters and the weight gathers always run here in Rust on a few hundred numbers, and each
+//! image on the CPU of a plain network runs wholly on the host (`HostNetwork::pass`,
+//! `host_ops.rs`: convolution, ReLU, gates, pooling), a batch's images spread over threads.
+//! The union pass over a batch, GPUs and residual networks run their convolutions in libtorch.
 
 use tch::{Device, Kind, Tensor};
 

@@ -1,8 +1,9 @@
 //! The image operations of the batch-1 gated pass on the CPU, run here on plain slices: at
 //! one image the gated convolutions are a few million multiply-adds each, and libtorch's
 //! per-call cost, tensor copies and thread hand-offs took most of the time (a `perf` profile:
-//! 30% in the OpenMP spin-wait, 13% in sgemm). The matrix products go to `matrixmultiply`
-//! (the GEMM ndarray uses), single-threaded.
+//! 30% in the OpenMP spin-wait, 13% in sgemm). The convolution runs on AVX-512 where the CPU
+//! has it (`conv_avx512.rs`), else as matrix products on `matrixmultiply` (the GEMM ndarray
+//! uses); single-threaded either way (a batch's images are spread over threads instead).
 
 /// One image `[c][h][w]` copied into a zero-bordered `[c][h+2][w+2]` buffer: the input
 /// layout of [`conv3x3`] (its padding, already in place).
