@@ -28,10 +28,11 @@ pub(super) fn bordered(plain: &[f32], [c, h, w]: [usize; 3]) -> Vec<f32> {
 /// each row are not pixels ([`relu_gate_pool`] reads it with row stride `w+2`).
 ///
 /// No im2col matrix: each of the nine taps reads the same `[c][h * (w+2)]` window of the
-/// bordered input shifted by its offset; nine matrix products (one per tap) accumulate into
-/// the wide output. (The GEMM packs its operands anyway, so an im2col matrix would be a second
-/// copy of nine times the input.) The layouts chain: the next layer's bordered input is
-/// written by the ReLU/pool step, so no copy is made between layers.
+/// bordered input shifted by its offset, accumulated into the wide output in registers on
+/// AVX-512 (`conv_avx512.rs`), else as nine matrix products, one per tap (the GEMM packs its
+/// operands anyway, so an im2col matrix would be a second copy of nine times the input). The
+/// layouts chain: the next layer's bordered input is written by the ReLU/pool step, so no copy
+/// is made between layers.
 pub(super) fn conv3x3(input: &[f32], shape: [usize; 3], weight: &[f32], bias: &[f32]) -> Vec<f32> {
     conv3x3_using(input, shape, weight, bias, true)
 }
