@@ -4,7 +4,7 @@
 //! validates them into an [`AttackSpec`]: one [`Attack`] variant carrying exactly its own
 //! parameters. Manifests and reports record the spec, so they say what really ran.
 
-use attacks::{AdaptiveKind, AdaptivePgd, Ball, CarliniWagnerL2, DeepFool, Fgsm, Iterative, IterativeKind};
+use attacks::{AdaptiveKind, AdaptivePgd, Apgd, ApgdLoss, Ball, CarliniWagnerL2, DeepFool, Fgsm, Iterative, IterativeKind};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -18,6 +18,8 @@ pub enum AttackName {
     Pgd,
     PgdL2,
     Mifgsm,
+    ApgdCe,
+    ApgdDlr,
     Cw,
     Deepfool,
     SelectivePgd,
@@ -28,12 +30,14 @@ pub enum AttackName {
 }
 
 impl AttackName {
-    pub const ALL: [AttackName; 12] = [
+    pub const ALL: [AttackName; 14] = [
         AttackName::Fgsm,
         AttackName::Bim,
         AttackName::Pgd,
         AttackName::PgdL2,
         AttackName::Mifgsm,
+        AttackName::ApgdCe,
+        AttackName::ApgdDlr,
         AttackName::Cw,
         AttackName::Deepfool,
         AttackName::SelectivePgd,
@@ -50,6 +54,8 @@ impl AttackName {
             AttackName::Pgd => "pgd",
             AttackName::PgdL2 => "pgd-l2",
             AttackName::Mifgsm => "mifgsm",
+            AttackName::ApgdCe => "apgd-ce",
+            AttackName::ApgdDlr => "apgd-dlr",
             AttackName::Cw => "cw",
             AttackName::Deepfool => "deepfool",
             AttackName::SelectivePgd => "selective-pgd",
@@ -70,6 +76,11 @@ impl AttackName {
                 | AttackName::ExtraClassPgd
                 | AttackName::PathMatchingPgd
         )
+    }
+
+    /// Auto-PGD: no step size, always a random start, each image kept at its first success.
+    fn is_apgd(self) -> bool {
+        matches!(self, AttackName::ApgdCe | AttackName::ApgdDlr)
     }
 
     /// The methods that take steps inside an eps-ball and can stop each image early.
@@ -128,7 +139,8 @@ pub struct AttackParams {
     /// Adaptive attacks: the weight of the detector's loss (lagrangian-pgd) or of the path
     /// distance (path-matching-pgd), default 1.
     pub lambda: Option<f64>,
-    /// Adaptive attacks: runs from a random start, keeping per image the best (default 1).
+    /// Adaptive attacks and APGD: runs from a random start, keeping per image the best
+    /// (default 1).
     pub restarts: Option<usize>,
     /// Adaptive attacks: the budget's norm (default L-infinity).
     pub norm: Option<Norm>,
@@ -163,8 +175,11 @@ impl AttackParams {
     pub fn check(&self) -> Result<AttackSpec> {
         let m = self.method;
         let refuse = |what: &str, applies: &str| Err(Error::InvalidInput(format!("{what} to {applies}, not to {m}")));
-        if !m.is_adaptive() && (self.lambda.is_some() || self.restarts.is_some() || self.norm.is_some()) {
-            return refuse("lambda, restarts and norm apply", "the adaptive attacks");
+        if !m.is_adaptive() && (self.lambda.is_some() || self.norm.is_some()) {
+            return refuse("lambda and norm apply", "the adaptive attacks");
+        }
+        if !(m.is_adaptive() || m.is_apgd()) && self.restarts.is_some() {
+            return refuse("restarts apply", "the adaptive attacks and apgd-ce, apgd-dlr");
         }
         if self.early_stop && !(m.is_iterative() || m.is_adaptive()) {
             return refuse("early stop applies", "the iterative attacks bim, pgd, pgd-l2 and mifgsm and the adaptive attacks");
@@ -180,7 +195,7 @@ impl AttackParams {
             return refuse("overshoot applies", "deepfool");
         }
         if (self.step_size.is_some() || self.random_start) && !(m.is_iterative() || m.is_adaptive()) {
-            return refuse("step size and random start apply", "the iterative and adaptive attacks");
+            return refuse("step size and random start apply", "the iterative and adaptive attacks (apgd sets its own step and always starts at random)");
         }
         if m == AttackName::Fgsm && self.steps.is_some_and(|s| s != 1) {
             return refuse("more than one step applies", "bim, pgd and mifgsm (fgsm is one step)");
@@ -226,8 +241,15 @@ impl AttackParams {
                 initial_const: self.initial_const.unwrap_or(1.0),
             },
             AttackName::Deepfool => Attack::Deepfool { steps: self.steps.unwrap_or(50), overshoot: self.overshoot.unwrap_or(0.02) },
+            AttackName::ApgdCe => Attack::ApgdCe(self.apgd()),
+            AttackName::ApgdDlr => Attack::ApgdDlr(self.apgd()),
             adaptive => unreachable!("{adaptive} is adaptive"),
         }
+    }
+
+    /// Croce & Hein's AutoAttack setting: 100 steps, one run.
+    fn apgd(&self) -> ApgdSteps {
+        ApgdSteps { eps: self.eps, steps: self.steps.unwrap_or(100), restarts: self.restarts.unwrap_or(1) }
     }
 
     fn adaptive(&self) -> Result<Attack> {
@@ -266,6 +288,15 @@ pub struct IterativeSteps {
     pub random_start: bool,
     /// Stop each image at its first success (minimal, low-confidence adversarial examples).
     pub early_stop: bool,
+}
+
+/// Steps of Auto-PGD (L-infinity; the step size is its own).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ApgdSteps {
+    pub eps: f64,
+    pub steps: usize,
+    /// Runs from a random start on the images without a success yet.
+    pub restarts: usize,
 }
 
 /// The norm of an adaptive attack's budget.
@@ -313,6 +344,10 @@ pub enum Attack {
         steps: IterativeSteps,
         decay: f64,
     },
+    /// Auto-PGD on the cross-entropy.
+    ApgdCe(ApgdSteps),
+    /// Auto-PGD on the difference-of-logits-ratio loss.
+    ApgdDlr(ApgdSteps),
     Cw { steps: usize, search_steps: usize, learning_rate: f64, confidence: f64, initial_const: f64 },
     Deepfool { steps: usize, overshoot: f64 },
     SelectivePgd(AdaptiveSteps),
@@ -340,6 +375,8 @@ impl Attack {
             Attack::Pgd(_) => AttackName::Pgd,
             Attack::PgdL2(_) => AttackName::PgdL2,
             Attack::Mifgsm { .. } => AttackName::Mifgsm,
+            Attack::ApgdCe(_) => AttackName::ApgdCe,
+            Attack::ApgdDlr(_) => AttackName::ApgdDlr,
             Attack::Cw { .. } => AttackName::Cw,
             Attack::Deepfool { .. } => AttackName::Deepfool,
             Attack::SelectivePgd(_) => AttackName::SelectivePgd,
@@ -379,6 +416,7 @@ impl Attack {
             Attack::Fgsm { .. } => 1,
             Attack::Cw { steps, search_steps, .. } => steps * search_steps.max(&1),
             Attack::Deepfool { steps, .. } => *steps,
+            Attack::ApgdCe(s) | Attack::ApgdDlr(s) => s.steps * s.restarts.max(1),
             a => a
                 .iterative_steps()
                 .map(|s| s.steps)
@@ -396,6 +434,10 @@ impl Attack {
             }
             Attack::Deepfool { overshoot, .. } => format!("deepfool overshoot {overshoot}"),
             Attack::Fgsm { eps } => format!("fgsm eps {eps}"),
+            Attack::ApgdCe(s) | Attack::ApgdDlr(s) => {
+                let runs = if s.restarts > 1 { format!(" x {} restarts", s.restarts) } else { String::new() };
+                format!("{name} eps {} ({} steps{runs})", s.eps, s.steps)
+            }
             a => {
                 let (eps, steps) = a
                     .iterative_steps()
@@ -470,6 +512,7 @@ impl AttackSpec {
                 .and_then(|a| a.with_ball(ball).with_restarts(s.restarts))
                 .map(|a| BuiltAttack::Adaptive(a.with_early_stop(s.early_stop)))
         };
+        let apgd = |loss, s: &ApgdSteps| Apgd::new(loss, s.eps, s.steps, seed).and_then(|a| a.with_restarts(s.restarts));
         let built = match &self.attack {
             Attack::Fgsm { eps } => boxed(Fgsm::new(*eps)).map(BuiltAttack::Oblivious),
             Attack::Bim(s) => boxed(iterative(IterativeKind::Bim, s)).map(BuiltAttack::Oblivious),
@@ -483,6 +526,8 @@ impl AttackSpec {
                     .map(BuiltAttack::Oblivious)
             }
             Attack::Deepfool { steps, overshoot } => boxed(DeepFool::new(*steps, *overshoot)).map(BuiltAttack::Oblivious),
+            Attack::ApgdCe(s) => boxed(apgd(ApgdLoss::CrossEntropy, s)).map(BuiltAttack::Oblivious),
+            Attack::ApgdDlr(s) => boxed(apgd(ApgdLoss::Dlr, s)).map(BuiltAttack::Oblivious),
             Attack::SelectivePgd(s) => adaptive(AdaptiveKind::Selective, s),
             Attack::OrthogonalPgd(s) => adaptive(AdaptiveKind::Orthogonal, s),
             Attack::LagrangianPgd { steps, lambda } => adaptive(AdaptiveKind::Lagrangian { lambda: *lambda }, steps),
@@ -542,6 +587,18 @@ mod tests {
         }
         assert!("l1".parse::<Norm>().unwrap_err().to_string().contains("\"l1\" is not linf or l2"));
         assert!("jsma".parse::<AttackName>().unwrap_err().to_string().contains("fgsm, bim"));
+    }
+
+    #[test]
+    fn apgd_takes_restarts_but_no_step_size() {
+        let apgd = AttackParams { restarts: Some(2), ..AttackParams::new(AttackName::ApgdDlr, 0.1) }.check().unwrap();
+        assert_eq!(apgd.attack, Attack::ApgdDlr(ApgdSteps { eps: 0.1, steps: 100, restarts: 2 }));
+        assert_eq!(apgd.attack.iterations(), 200);
+        assert_eq!(apgd.describe(), "apgd-dlr eps 0.1 (100 steps x 2 restarts)");
+        let err = AttackParams { step_size: Some(0.01), ..AttackParams::new(AttackName::ApgdCe, 0.1) }.check().unwrap_err();
+        assert!(err.to_string().contains("apgd sets its own step"), "{err}");
+        let err = AttackParams { restarts: Some(2), ..AttackParams::new(AttackName::Pgd, 0.1) }.check().unwrap_err();
+        assert!(err.to_string().contains("restarts apply to the adaptive attacks and apgd"), "{err}");
     }
 
     #[test]

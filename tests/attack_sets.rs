@@ -29,7 +29,7 @@ pub fn python() -> PathBuf {
 }
 
 #[test]
-fn pgd_is_at_least_as_successful_as_fgsm_on_the_shipped_model() {
+fn pgd_and_apgd_are_at_least_as_successful_as_fgsm_on_the_shipped_model() {
     let checkpoint = shipped();
     let (data, indices) = first_test_images(100);
     let run = |params: AttackParams| {
@@ -43,6 +43,12 @@ fn pgd_is_at_least_as_successful_as_fgsm_on_the_shipped_model() {
     assert!(pgd.success_rate >= fgsm.success_rate, "pgd {} < fgsm {}", pgd.success_rate, fgsm.success_rate);
     assert!(pgd.max_linf <= eps + 1e-6 && fgsm.max_linf <= eps + 1e-6);
     assert!(fgsm.success_rate > 0.1, "FGSM at eps 0.05 fooled only {}", fgsm.success_rate);
+    // Auto-PGD, both losses, at the same budget and steps.
+    for method in [AttackName::ApgdCe, AttackName::ApgdDlr] {
+        let apgd = run(AttackParams { steps: Some(20), ..AttackParams::new(method, eps) });
+        assert!(apgd.success_rate >= fgsm.success_rate, "{method} {} < fgsm {}", apgd.success_rate, fgsm.success_rate);
+        assert!(apgd.max_linf <= eps + 1e-6, "{method} left its ball: {}", apgd.max_linf);
+    }
 }
 
 #[test]

@@ -123,6 +123,18 @@ fn goal_logits(logits: &Tensor, labels: &Tensor, targets: Option<&Tensor>) -> (T
     }
 }
 
+/// Carlini & Wagner's detector as class K+1: the goal logit minus the larger of the logit it
+/// must beat and the extra class's logit (Z_D + 1) * max_j Z_j, where Z_D, the detector's logit
+/// relative to its threshold, log(e^L - 1) - log(e^L_t - 1), is positive exactly when flagged
+/// (the loss L is -log(1 - score)). Positive = goal met and not flagged, `[N]`.
+pub(crate) fn extra_class_margin(logits: &Tensor, detection: &Tensor, labels: &Tensor, targets: Option<&Tensor>, threshold: f64) -> Tensor {
+    let (up, down) = goal_logits(logits, labels, targets);
+    let z_detector = detection.clamp_min(1e-6).expm1().log() - threshold.exp_m1().ln();
+    let z_max = logits.amax([1i64].as_slice(), false);
+    let z_extra = (z_detector + 1.0) * z_max;
+    up - down.maximum(&z_extra)
+}
+
 /// Whether each prediction meets the goal `[N]`.
 fn goal_reached(logits: &Tensor, labels: &Tensor, targets: Option<&Tensor>) -> Tensor {
     let predicted = logits.argmax(1, false);
@@ -298,13 +310,7 @@ impl AdaptivePgd {
             }
             AdaptiveKind::Lagrangian { lambda } => margin.clamp_max(1.0) - detection * lambda,
             AdaptiveKind::ExtraClass => {
-                // The detector's logit relative to its threshold, log(e^L - 1) - log(e^L_t - 1):
-                // positive exactly when flagged (the loss L is -log(1 - score)).
-                let at_threshold = model.detection_threshold().exp_m1().ln();
-                let z_detector = detection.clamp_min(1e-6).expm1().log() - at_threshold;
-                let z_max = out.logits.amax([1i64].as_slice(), false);
-                let z_extra = (z_detector + 1.0) * z_max;
-                (&up - down.maximum(&z_extra)).clamp_max(1.0)
+                extra_class_margin(&out.logits, detection, labels, targets, model.detection_threshold()).clamp_max(1.0)
             }
             AdaptiveKind::PathMatching { weight } => {
                 let distance = out.path_distance.as_ref().ok_or_else(|| {

@@ -9,6 +9,7 @@
 //! This crate depends on tch only; it knows nothing of the server or the detectors.
 
 mod adaptive;
+mod apgd;
 mod classifier;
 mod cw;
 mod deepfool;
@@ -18,6 +19,7 @@ mod iterative;
 mod norms;
 
 pub use adaptive::{AdaptiveKind, AdaptivePgd, Ball, GuardedClassifier, GuardedForward};
+pub use apgd::{Apgd, ApgdLoss};
 pub use classifier::DifferentiableClassifier;
 pub use cw::CarliniWagnerL2;
 pub use deepfool::DeepFool;

@@ -26,7 +26,7 @@ pub struct AttackArgs {
     /// Perturbation budget (L-infinity; L2 for pgd-l2; unused by cw and deepfool)
     #[arg(long, default_value_t = 0.1)]
     eps: f64,
-    /// Iterations [default: fgsm 1, bim/mifgsm 10, pgd 40, cw 100, deepfool 50]
+    /// Iterations [default: fgsm 1, bim/mifgsm 10, pgd 40, apgd and adaptive 100, cw 100, deepfool 50]
     #[arg(long)]
     steps: Option<usize>,
     /// Step size [default: 2.5 eps/steps for pgd, eps/steps for bim and mifgsm]
@@ -70,7 +70,7 @@ pub struct AttackArgs {
     /// distance [default: 1]
     #[arg(long)]
     lambda: Option<f64>,
-    /// Adaptive methods: random restarts, keeping per image the best [default: 1]
+    /// Adaptive methods and apgd: random restarts, keeping per image the best [default: 1]
     #[arg(long)]
     restarts: Option<usize>,
     /// Adaptive methods: the budget's norm [default: linf]

@@ -1,13 +1,14 @@
 //! `pathguard adaptive-report`: the shipped model and detector against attackers who know the
-//! detector (issue 14). Per budget, every detector-aware attack of [`attacks::AdaptivePgd`]
-//! and oblivious PGD run on the same test images; "best adaptive" takes, per image, the best
-//! of all of them plus targeted restarts on the images none of them evaded. Every verdict is
+//! detector (issue 14). Per budget, every detector-aware attack of [`attacks::AdaptivePgd`],
+//! extra-class Auto-PGD, and oblivious PGD, APGD-CE and APGD-DLR run on the same test images;
+//! "best adaptive" takes, per image, the best of all of them plus targeted restarts on the
+//! images none of them evaded. Every verdict is
 //! computed afresh on the final images with hard gates and the real detector at its stored
 //! threshold; the twin only guides the gradients.
 
 use std::time::Instant;
 
-use attacks::{AdaptiveKind, AdaptivePgd, Ball, Goal, Iterative, IterativeKind};
+use attacks::{AdaptiveKind, AdaptivePgd, Apgd, ApgdLoss, Ball, Goal, Iterative, IterativeKind};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
@@ -107,6 +108,36 @@ pub struct AdaptiveReport {
 pub const BEST: &str = "best adaptive";
 pub const OBLIVIOUS: &str = "oblivious pgd";
 
+/// One attack of a budget.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Run {
+    /// PGD-40 on the classifier alone, blind to the detector.
+    Oblivious,
+    /// Auto-PGD on the classifier alone (L-infinity): no step size to get wrong.
+    Apgd(ApgdLoss),
+    /// A detector-aware PGD.
+    Adaptive(AdaptiveKind),
+    /// Auto-PGD on the extra-class objective (the detector as class K+1; L-infinity).
+    GuardedApgd,
+}
+
+impl Run {
+    /// The attack's row name in the report.
+    fn name(self) -> String {
+        match self {
+            Run::Oblivious => OBLIVIOUS.into(),
+            Run::Apgd(ApgdLoss::CrossEntropy) => "apgd-ce (oblivious)".into(),
+            Run::Apgd(ApgdLoss::Dlr) => "apgd-dlr (oblivious)".into(),
+            Run::GuardedApgd => "extra-class-apgd".into(),
+            Run::Adaptive(AdaptiveKind::Lagrangian { lambda }) => format!("lagrangian-pgd λ={lambda}"),
+            Run::Adaptive(AdaptiveKind::Selective) => "selective-pgd".into(),
+            Run::Adaptive(AdaptiveKind::Orthogonal) => "orthogonal-pgd".into(),
+            Run::Adaptive(AdaptiveKind::ExtraClass) => "extra-class-pgd".into(),
+            Run::Adaptive(AdaptiveKind::PathMatching { .. }) => "path-matching-pgd".into(),
+        }
+    }
+}
+
 /// The verdicts on a batch of final images.
 struct Verdicts {
     scores: Vec<f64>,
@@ -154,7 +185,7 @@ pub fn evaluate_adaptive(inputs: &AdaptiveInputs, options: &AdaptiveOptions, com
     for (ball, eps) in plan {
         budgets.push(evaluator.budget(ball, eps)?.0);
     }
-    let unbounded = evaluator.run_attack(AdaptiveKind::Selective, Ball::Linf, options.unbounded_eps)?.0;
+    let unbounded = evaluator.run_attack(Run::Adaptive(AdaptiveKind::Selective), Ball::Linf, options.unbounded_eps)?.0;
     let sanity = sanity_checks(&budgets, &unbounded, options);
     Ok(AdaptiveReport {
         command,
@@ -207,20 +238,26 @@ impl<'a> Evaluator<'a> {
     /// Every attack at one budget, then the best of all per image (returned with the results).
     fn budget(&self, ball: Ball, eps: f64) -> Result<(BudgetResult, Tensor)> {
         let threshold = self.inputs.detector.threshold();
-        let mut kinds = vec![AdaptiveKind::Selective, AdaptiveKind::Orthogonal];
-        kinds.extend(self.options.lambdas.iter().map(|&lambda| AdaptiveKind::Lagrangian { lambda }));
-        kinds.push(AdaptiveKind::ExtraClass);
-        kinds.push(AdaptiveKind::PathMatching { weight: self.options.path_weight });
-        let (oblivious, oblivious_verdicts) = self.oblivious(ball, eps)?;
-        let mut results = vec![oblivious];
+        let mut runs = vec![Run::Oblivious];
+        if ball == Ball::Linf {
+            runs.extend([Run::Apgd(ApgdLoss::CrossEntropy), Run::Apgd(ApgdLoss::Dlr)]);
+        }
+        runs.extend([Run::Adaptive(AdaptiveKind::Selective), Run::Adaptive(AdaptiveKind::Orthogonal)]);
+        runs.extend(self.options.lambdas.iter().map(|&lambda| Run::Adaptive(AdaptiveKind::Lagrangian { lambda })));
+        runs.push(Run::Adaptive(AdaptiveKind::ExtraClass));
+        if ball == Ball::Linf {
+            runs.push(Run::GuardedApgd);
+        }
+        runs.push(Run::Adaptive(AdaptiveKind::PathMatching { weight: self.options.path_weight }));
         // Per image: misclassified by some attack (or already clean), for the model alone.
-        let mut wrong_any: Vec<bool> = self.clean_wrong.iter().zip(&oblivious_verdicts.wrong).map(|(&a, &b)| a || b).collect();
+        let mut wrong_any = self.clean_wrong.clone();
+        let mut results = Vec::new();
         // Per image: the evading image with the lowest score so far, else the lowest-scoring
         // misclassified one, else any.
         let mut best: Option<(Tensor, Verdicts)> = None;
         let mut seconds = 0.0;
-        for kind in kinds {
-            let (result, images, verdicts) = self.run_attack(kind, ball, eps)?;
+        for run in runs {
+            let (result, images, verdicts) = self.run_attack(run, ball, eps)?;
             seconds += result.seconds;
             wrong_any.iter_mut().zip(&verdicts.wrong).for_each(|(any, &w)| *any |= w);
             results.push(result);
@@ -238,12 +275,15 @@ impl<'a> Evaluator<'a> {
             let subset = self.inputs.test.images.index_select(0, &rows);
             let labels = self.inputs.test.labels.index_select(0, &rows);
             let runner_ups = self.runner_ups(&subset, &labels)?;
+            let mut targeted = vec![Run::Adaptive(AdaptiveKind::Orthogonal), Run::Adaptive(AdaptiveKind::Lagrangian { lambda: 1.0 })];
+            if ball == Ball::Linf {
+                targeted.extend([Run::Apgd(ApgdLoss::Dlr), Run::GuardedApgd]);
+            }
             for t in 0..self.options.targets.min(runner_ups.size()[1] as usize) {
                 let targets = runner_ups.select(1, t as i64).contiguous();
-                for kind in [AdaptiveKind::Orthogonal, AdaptiveKind::Lagrangian { lambda: 1.0 }] {
+                for &run in &targeted {
                     let started = Instant::now();
-                    let attack = self.attack(kind, ball, eps)?.with_restarts(self.options.restarts).map_err(attack_error)?;
-                    let images = self.perturb(&attack, &subset, &labels, Some(&targets))?;
+                    let images = self.attack_images(run, ball, eps, &subset, &labels, Some(&targets), self.options.restarts)?;
                     seconds += started.elapsed().as_secs_f64();
                     let verdicts = self.verdicts_for(&images, &labels)?;
                     remaining.iter().zip(&verdicts.wrong).for_each(|(&i, &w)| wrong_any[i as usize] |= w);
@@ -271,40 +311,71 @@ impl<'a> Evaluator<'a> {
             .with_early_stop(true))
     }
 
-    /// One untargeted detector-aware attack on every test image.
-    fn run_attack(&self, kind: AdaptiveKind, ball: Ball, eps: f64) -> Result<(AdaptiveResult, Tensor, Verdicts)> {
-        let attack = self.attack(kind, ball, eps)?;
+    /// One untargeted attack on every test image, judged.
+    fn run_attack(&self, run: Run, ball: Ball, eps: f64) -> Result<(AdaptiveResult, Tensor, Verdicts)> {
         let started = Instant::now();
-        let images = self.perturb(&attack, &self.inputs.test.images, &self.inputs.test.labels, None)?;
+        let images = self.attack_images(run, ball, eps, &self.inputs.test.images, &self.inputs.test.labels, None, 1)?;
         let seconds = started.elapsed().as_secs_f64();
         let verdicts = self.verdicts(&images)?;
-        let mut result = self.judge(attack.name(), &images, &verdicts, ball)?;
-        if let AdaptiveKind::Lagrangian { lambda } = kind {
-            result.attack = format!("lagrangian-pgd λ={lambda}");
-        }
+        let mut result = self.judge(&run.name(), &images, &verdicts, ball)?;
         result.seconds = seconds;
         eprintln!("{} eps {eps}: {} SR@5 {:.3} ({seconds:.0} s)", norm_name(ball), result.attack, result.sr_at_5);
         Ok((result, images, verdicts))
     }
 
-    /// PGD on the classifier alone (surrogate gate gradients), judged the same way.
-    fn oblivious(&self, ball: Ball, eps: f64) -> Result<(AdaptiveResult, Verdicts)> {
-        let kind = match ball {
-            Ball::Linf => IterativeKind::PgdLinf,
-            Ball::L2 => IterativeKind::PgdL2,
-        };
-        let steps = 40;
-        let attack = Iterative::new(kind, eps, steps, (2.5 * eps / steps as f64).max(1e-6), true, self.options.seed).map_err(attack_error)?;
+    /// The images one attack makes of `images` (towards `targets` if given), on the CPU.
+    #[allow(clippy::too_many_arguments)]
+    fn attack_images(
+        &self,
+        run: Run,
+        ball: Ball,
+        eps: f64,
+        images: &Tensor,
+        labels: &Tensor,
+        targets: Option<&Tensor>,
+        restarts: usize,
+    ) -> Result<Tensor> {
         let classifier = ModelClassifier { model: self.inputs.model, gates: GateGradient::Surrogate, cancelled: &|| false };
-        let started = Instant::now();
-        let images = self.batched(&self.inputs.test.images, &self.inputs.test.labels, None, OBLIVIOUS, |x, y, _| {
-            attacks::Attack::perturb(&attack, &classifier, x, y, &Goal::Untargeted).map_err(attack_error)
-        })?;
-        let seconds = started.elapsed().as_secs_f64();
-        let verdicts = self.verdicts(&images)?;
-        let mut result = self.judge(OBLIVIOUS, &images, &verdicts, ball)?;
-        result.seconds = seconds;
-        Ok((result, verdicts))
+        let goal = |t: Option<&Tensor>| match t {
+            Some(t) => Goal::Targeted(t.shallow_clone()),
+            None => Goal::Untargeted,
+        };
+        let name = run.name();
+        match run {
+            Run::Oblivious => {
+                // PGD on the classifier alone (surrogate gate gradients).
+                let kind = match ball {
+                    Ball::Linf => IterativeKind::PgdLinf,
+                    Ball::L2 => IterativeKind::PgdL2,
+                };
+                let steps = 40;
+                let attack = Iterative::new(kind, eps, steps, (2.5 * eps / steps as f64).max(1e-6), true, self.options.seed)
+                    .map_err(attack_error)?;
+                self.batched(images, labels, targets, &name, |x, y, t| {
+                    attacks::Attack::perturb(&attack, &classifier, x, y, &goal(t)).map_err(attack_error)
+                })
+            }
+            Run::Apgd(loss) => {
+                let attack = self.apgd(loss, eps, restarts)?;
+                self.batched(images, labels, targets, &name, |x, y, t| {
+                    attacks::Attack::perturb(&attack, &classifier, x, y, &goal(t)).map_err(attack_error)
+                })
+            }
+            Run::GuardedApgd => {
+                let attack = self.apgd(ApgdLoss::Dlr, eps, restarts)?;
+                self.batched(images, labels, targets, &name, |x, y, t| {
+                    attack.perturb_guarded(&self.guarded, x, y, &goal(t)).map_err(attack_error)
+                })
+            }
+            Run::Adaptive(kind) => {
+                let attack = self.attack(kind, ball, eps)?.with_restarts(restarts).map_err(attack_error)?;
+                self.perturb(&attack, images, labels, targets)
+            }
+        }
+    }
+
+    fn apgd(&self, loss: ApgdLoss, eps: f64, restarts: usize) -> Result<Apgd> {
+        Apgd::new(loss, eps, self.options.steps, self.options.seed).and_then(|a| a.with_restarts(restarts)).map_err(attack_error)
     }
 
     fn perturb(&self, attack: &AdaptivePgd, images: &Tensor, labels: &Tensor, targets: Option<&Tensor>) -> Result<Tensor> {
@@ -489,9 +560,12 @@ impl AdaptiveReport {
             md,
             "{} test images; clean accuracy {:.3}; {:.1}% of them flagged at the stored threshold {:.4} \
              (set for 5% false positives on held-out clean images when the detector was fitted, before any \
-             attack). Each attack: {} steps of size eps/10 from a random start, each image stopped at its first \
-             success; best adaptive adds, on the images none evaded, {} restart(s) of targeted orthogonal and \
-             Lagrangian PGD at each of the {} runner-up classes. Took {:.0} s.\n",
+             attack). Each attack: {} steps from a random start, each image kept at its first success: the PGD \
+             attacks at step size eps/10 (oblivious PGD: 40 steps of 2.5 eps/40), the Auto-PGD ones (Croce & Hein \
+             2020; L-infinity only) halving their own step from 2 eps; the apgd rows marked oblivious attack the \
+             model alone, extra-class-apgd attacks model and detector. Best adaptive takes per image the best of \
+             every row, then adds, on the images none evaded, {} restart(s) of targeted orthogonal and Lagrangian \
+             PGD, APGD-DLR and extra-class APGD at each of the {} runner-up classes. Took {:.0} s.\n",
             self.images,
             self.clean_accuracy,
             100.0 * self.clean_flag_rate,
@@ -517,10 +591,20 @@ impl AdaptiveReport {
             md.push_str("---|");
         }
         md.push('\n');
-        for (i, r) in self.budgets[0].results.iter().enumerate() {
-            let _ = write!(md, "| {} |", r.attack);
+        // Rows by attack name: Auto-PGD runs in the L-infinity budgets only.
+        let mut names: Vec<&str> = Vec::new();
+        for r in self.budgets.iter().flat_map(|b| &b.results) {
+            if !names.contains(&r.attack.as_str()) {
+                names.push(&r.attack);
+            }
+        }
+        for name in names {
+            let _ = write!(md, "| {name} |");
             for b in &self.budgets {
-                let _ = write!(md, " {:.3} |", b.results[i].sr_at_5);
+                match b.results.iter().find(|r| r.attack == name) {
+                    Some(r) => _ = write!(md, " {:.3} |", r.sr_at_5),
+                    None => md.push_str(" - |"),
+                }
             }
             md.push('\n');
         }
