@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use attacks::{AdaptiveKind, AdaptivePgd, Apgd, ApgdLoss, Ball, Goal, Iterative, IterativeKind};
+use attacks::{AdaptiveKind, AdaptivePgd, Apgd, ApgdLoss, Ball, Goal, GuardedClassifier, Iterative, IterativeKind};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
@@ -238,9 +238,15 @@ impl<'a> Evaluator<'a> {
     /// Every attack at one budget, then the best of all per image (returned with the results).
     fn budget(&self, ball: Ball, eps: f64) -> Result<(BudgetResult, Tensor)> {
         let threshold = self.inputs.detector.threshold();
+        // The DLR loss reads the third-largest logit (the fourth when targeted): a model of
+        // two or three classes goes without it.
+        let classes = self.guarded.num_classes();
         let mut runs = vec![Run::Oblivious];
         if ball == Ball::Linf {
-            runs.extend([Run::Apgd(ApgdLoss::CrossEntropy), Run::Apgd(ApgdLoss::Dlr)]);
+            runs.push(Run::Apgd(ApgdLoss::CrossEntropy));
+            if classes >= 3 {
+                runs.push(Run::Apgd(ApgdLoss::Dlr));
+            }
         }
         runs.extend([Run::Adaptive(AdaptiveKind::Selective), Run::Adaptive(AdaptiveKind::Orthogonal)]);
         runs.extend(self.options.lambdas.iter().map(|&lambda| Run::Adaptive(AdaptiveKind::Lagrangian { lambda })));
@@ -277,7 +283,8 @@ impl<'a> Evaluator<'a> {
             let runner_ups = self.runner_ups(&subset, &labels)?;
             let mut targeted = vec![Run::Adaptive(AdaptiveKind::Orthogonal), Run::Adaptive(AdaptiveKind::Lagrangian { lambda: 1.0 })];
             if ball == Ball::Linf {
-                targeted.extend([Run::Apgd(ApgdLoss::Dlr), Run::GuardedApgd]);
+                targeted.push(if classes >= 4 { Run::Apgd(ApgdLoss::Dlr) } else { Run::Apgd(ApgdLoss::CrossEntropy) });
+                targeted.push(Run::GuardedApgd);
             }
             for t in 0..self.options.targets.min(runner_ups.size()[1] as usize) {
                 let targets = runner_ups.select(1, t as i64).contiguous();
