@@ -178,7 +178,8 @@ pub fn pathguard(args: &[&str], paths: &[&Path]) -> Output {
     command.output().unwrap()
 }
 
-/// Train and evaluate a colour model of another size on an image folder. (Fitting its detector,
+/// Train and evaluate a colour model of another size on an image folder (8 epochs: once in a full
+/// `make test` run, 4 left it at chance). (Fitting its detector,
 /// screening and serving it were part of this test and passed when run alone, but the fit found
 /// no successful attack on its validation images in some runs under load, on this saturating
 /// toy task; that part is left out until the toy task is made robust.)
@@ -189,10 +190,11 @@ fn a_colour_model_trains_and_evaluates_on_an_image_folder() {
     colour_folder(&data, (60, 20), (36, 32));
     let model = dir.path().join("model");
     let run = pathguard(
-        &["train", "--preset", "tiny", "--epochs", "4", "--batch-size", "16", "--device", "cpu", "--resize", "shorter-side-crop", "--out"],
+        &["train", "--preset", "tiny", "--epochs", "8", "--batch-size", "16", "--device", "cpu", "--resize", "shorter-side-crop", "--out"],
         &[&model, Path::new("--data"), &data],
     );
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let train_log = String::from_utf8_lossy(&run.stderr).into_owned();
     let config: serde_json::Value = serde_json::from_slice(&std::fs::read(model.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["architecture"]["in_channels"], 3);
     assert_eq!(config["architecture"]["image_size"], 32);
@@ -207,7 +209,7 @@ fn a_colour_model_trains_and_evaluates_on_an_image_folder() {
     let report: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
     assert_eq!(report["report"]["examples"], 60);
     let accuracy = report["report"]["accuracy"].as_f64().unwrap();
-    assert!(accuracy > 0.6, "colour is easy to learn; accuracy {accuracy}");
+    assert!(accuracy > 0.6, "colour is easy to learn; accuracy {accuracy}; training said:\n{train_log}");
 
     // Data with other classes than the model's is refused by name.
     let err = pathguard(&["eval", "--device", "cpu", "--model"], &[&model, Path::new("--data"), &crate::default_model_dir()]);
