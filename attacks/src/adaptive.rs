@@ -109,7 +109,7 @@ fn logit_of(logits: &Tensor, classes: &Tensor) -> Tensor {
 }
 
 /// The largest logit of a class other than `classes` `[N]`.
-fn best_other(logits: &Tensor, classes: &Tensor) -> Tensor {
+pub(crate) fn best_other(logits: &Tensor, classes: &Tensor) -> Tensor {
     let masked = logits - logits.zeros_like().scatter_value(1, &classes.unsqueeze(1), 1e9);
     masked.amax([1i64].as_slice(), false)
 }
@@ -136,7 +136,7 @@ pub(crate) fn extra_class_margin(logits: &Tensor, detection: &Tensor, labels: &T
 }
 
 /// Whether each prediction meets the goal `[N]`.
-fn goal_reached(logits: &Tensor, labels: &Tensor, targets: Option<&Tensor>) -> Tensor {
+pub(crate) fn goal_reached(logits: &Tensor, labels: &Tensor, targets: Option<&Tensor>) -> Tensor {
     let predicted = logits.argmax(1, false);
     match targets {
         None => predicted.ne_tensor(labels),

@@ -11,7 +11,7 @@
 
 use tch::{Kind, Tensor};
 
-use crate::adaptive::extra_class_margin;
+use crate::adaptive::{best_other, extra_class_margin, goal_reached};
 use crate::classifier::check_cancelled;
 use crate::error::{check_eps, check_steps};
 use crate::norms::per_sample;
@@ -73,7 +73,7 @@ impl Apgd {
         self.restarted(images, labels, targets.as_ref(), &|| model.cancelled(), &|x: &Tensor, y: &Tensor, t: Option<&Tensor>| {
             let out = model.forward(x, None);
             let objective = extra_class_margin(&out.logits, &out.detection.to_kind(Kind::Float), y, t, threshold);
-            let reached = reached(&out.logits, y, t);
+            let reached = goal_reached(&out.logits, y, t);
             let success = reached.logical_and(&model.flagged(&x.detach()).logical_not());
             (objective, success)
         })
@@ -200,7 +200,7 @@ impl Attack for Apgd {
                 ApgdLoss::CrossEntropy => cross_entropy(&logits, y, t),
                 ApgdLoss::Dlr => dlr(&logits, y, t),
             };
-            (objective, reached(&logits, y, t))
+            (objective, goal_reached(&logits, y, t))
         })
     }
 }
@@ -236,14 +236,6 @@ fn targets_of(goal: &Goal) -> Option<Tensor> {
     }
 }
 
-fn reached(logits: &Tensor, labels: &Tensor, targets: Option<&Tensor>) -> Tensor {
-    let predicted = logits.argmax(1, false);
-    match targets {
-        None => predicted.ne_tensor(labels),
-        Some(t) => predicted.eq_tensor(t),
-    }
-}
-
 fn cross_entropy(logits: &Tensor, labels: &Tensor, targets: Option<&Tensor>) -> Tensor {
     let per_image = |classes: &Tensor| logits.cross_entropy_loss::<Tensor>(classes, None, tch::Reduction::None, -100, 0.0);
     match targets {
@@ -260,9 +252,7 @@ fn dlr(logits: &Tensor, labels: &Tensor, targets: Option<&Tensor>) -> Tensor {
     let true_logit = logits.gather(1, &labels.unsqueeze(1), false).squeeze_dim(1);
     match targets {
         None => {
-            let others = logits - logits.zeros_like().scatter_value(1, &labels.unsqueeze(1), 1e9);
-            let best_other = others.amax([1i64].as_slice(), false);
-            -(true_logit - best_other) / (top(0) - top(2) + 1e-12)
+            -(true_logit - best_other(logits, labels)) / (top(0) - top(2) + 1e-12)
         }
         Some(t) => {
             let target_logit = logits.gather(1, &t.unsqueeze(1), false).squeeze_dim(1);
